@@ -1,0 +1,14 @@
+"""hyperst: predict spatial gene expression from H&E histology with hierarchical hyperbolic learning."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._settings import settings
+
+try:
+    __version__ = version("hyperst")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__", "settings"]
