@@ -1,0 +1,18 @@
+"""Turn SpatialData slides into arrays: element resolution, spot geometry, patches (never imports ``nn``)."""
+
+from ._elements import SlideElements, as_spatialdata, resolve_elements
+from ._layout import GridInfo, SlideLayout, detect_grid, slide_layout
+from ._patches import PatchGeometry, PatchReader, dihedral
+
+__all__ = [
+    "GridInfo",
+    "PatchGeometry",
+    "PatchReader",
+    "SlideElements",
+    "SlideLayout",
+    "as_spatialdata",
+    "detect_grid",
+    "dihedral",
+    "resolve_elements",
+    "slide_layout",
+]

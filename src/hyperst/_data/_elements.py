@@ -1,0 +1,191 @@
+"""Find the table, spot shapes and H&E image of a slide inside a SpatialData object.
+
+Inference rules (DESIGN.md §2): a key the user passes is checked; a key left ``None`` is inferred when only one
+element fits, otherwise the error lists the candidates. Images of the same slide at several resolutions
+(spatialdata-io's Visium reader writes ``*_full_image``, ``*_hires_image`` and ``*_lowres_image``) are not
+ambiguous: the finest one aligned with the spots is used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._validation import pick_one
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = ["SlideElements", "as_spatialdata", "image_levels", "resolve_elements", "shapes_to_image_affine"]
+
+logger = logging.getLogger(__name__)
+
+#: Tables written by hyperst itself carry this flag in ``uns`` and are never taken as input.
+OUTPUT_TABLE_FLAG = "hyperst_output_table"
+
+
+@dataclass(frozen=True)
+class SlideElements:
+    """Names of the elements that make up one slide."""
+
+    table_key: str
+    shapes_key: str
+    image_key: str
+    region_key: str
+    instance_key: str
+    #: 3x3 affine (x, y, 1) mapping shapes coordinates to full-resolution image pixels.
+    affine: np.ndarray
+
+
+def as_spatialdata(data: SpatialData | AnnData) -> SpatialData:
+    """Return ``data`` as SpatialData, converting a legacy scanpy/squidpy AnnData with ``uns['spatial']``."""
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    if isinstance(data, SpatialData):
+        return data
+    if isinstance(data, AnnData):
+        if "spatial" not in data.uns or "spatial" not in data.obsm:
+            msg = (
+                "Expected an AnnData with legacy Visium layout (`uns['spatial']` and `obsm['spatial']`) or a "
+                f"SpatialData object; the AnnData has uns keys {sorted(data.uns)} and obsm keys "
+                f"{sorted(data.obsm)}. Read the slide with `spatialdata_io.visium(...)` instead."
+            )
+            raise ValueError(msg)
+        from spatialdata_io.experimental import from_legacy_anndata
+
+        return from_legacy_anndata(data)
+    msg = f"Expected `sdata` to be a SpatialData or AnnData object, found `{type(data).__name__}`."
+    raise TypeError(msg)
+
+
+def _affine(element: object, coordinate_system: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=coordinate_system)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+
+
+def shapes_to_image_affine(sdata: SpatialData, shapes_key: str, image_key: str) -> np.ndarray | None:
+    """Affine from the shapes' coordinates to the image's full-resolution pixels, or ``None`` if unaligned.
+
+    The mapping goes through a coordinate system both elements are registered in (any name).
+    """
+    from spatialdata.transformations import get_transformation
+
+    shapes, image = sdata.shapes[shapes_key], sdata.images[image_key]
+    shared = sorted(set(get_transformation(shapes, get_all=True)) & set(get_transformation(image, get_all=True)))
+    if not shared:
+        return None
+    cs = shared[0]
+    return np.linalg.inv(_affine(image, cs)) @ _affine(shapes, cs)
+
+
+def image_levels(image: object) -> list[object]:
+    """Return the pyramid levels of an image element as ``(c, y, x)`` DataArrays, finest first."""
+    from xarray import DataArray
+
+    if isinstance(image, DataArray):
+        return [image]
+    levels = []
+    for name in sorted(image.keys(), key=lambda s: int(s.removeprefix("scale")) if s[5:].isdigit() else 0):
+        node = image[name]
+        ds = node.ds if hasattr(node, "ds") else node
+        var = next(iter(ds.data_vars))
+        levels.append(ds[var])
+    return levels
+
+
+def _circle_shapes(sdata: SpatialData) -> list[str]:
+    return [k for k, gdf in sdata.shapes.items() if "radius" in gdf.columns]
+
+
+def _input_tables(sdata: SpatialData) -> list[str]:
+    return [k for k, t in sdata.tables.items() if not t.uns.get(OUTPUT_TABLE_FLAG, False)]
+
+
+def resolve_elements(
+    sdata: SpatialData,
+    *,
+    table_key: str | None = None,
+    shapes_key: str | None = None,
+    image_key: str | None = None,
+    need_image: bool = True,
+) -> SlideElements:
+    """Find (or check) the table, spot circles and image of one slide.
+
+    Parameters
+    ----------
+    sdata
+        The slide.
+    table_key, shapes_key, image_key
+        Element names; ``None`` infers them.
+    need_image
+        Whether an image is required (``False`` for table-only steps such as the niche graph).
+
+    Returns
+    -------
+    The resolved names and the shapes-to-image affine (identity when ``need_image`` is false and no image
+    is aligned).
+    """
+    from spatialdata.models import get_table_keys
+
+    tables = _input_tables(sdata)
+    table_key = pick_one(table_key, tables, "table_key", "sdata.tables", "table of spots")
+    table = sdata.tables[table_key]
+    try:
+        region, region_key, instance_key = get_table_keys(table)
+    except (KeyError, ValueError, TypeError) as err:
+        msg = (
+            f"Table `{table_key!r}` does not annotate any element (no `spatialdata_attrs` in its `uns`). "
+            "Parse it with `spatialdata.models.TableModel.parse(adata, region=..., region_key=..., "
+            "instance_key=...)`."
+        )
+        raise ValueError(msg) from err
+    regions = [region] if isinstance(region, str) else list(region)
+    circles = [r for r in regions if r in _circle_shapes(sdata)]
+    if shapes_key is None and not circles:
+        msg = (
+            f"Table `{table_key!r}` annotates {regions}, but none of these is a shapes element of spot circles "
+            f"(a GeoDataFrame with a `radius` column) in `sdata.shapes` ({sorted(sdata.shapes)})."
+        )
+        raise ValueError(msg)
+    shapes_key = pick_one(shapes_key, circles, "shapes_key", f"tables[{table_key!r}] regions", "spot shapes element")
+
+    if not need_image:
+        return SlideElements(table_key, shapes_key, image_key or "", region_key, instance_key, np.eye(3))
+
+    aligned: dict[str, np.ndarray] = {}
+    for name in sdata.images:
+        affine = shapes_to_image_affine(sdata, shapes_key, name)
+        if affine is not None:
+            aligned[name] = affine
+    if image_key is not None:
+        if image_key not in sdata.images:
+            pick_one(image_key, list(sdata.images), "image_key", "sdata.images", "image")
+        if image_key not in aligned:
+            msg = (
+                f"Image `{image_key!r}` shares no coordinate system with the spots `{shapes_key!r}`. "
+                "Register both in one coordinate system with `spatialdata.transformations.set_transformation`."
+            )
+            raise ValueError(msg)
+        return SlideElements(table_key, shapes_key, image_key, region_key, instance_key, aligned[image_key])
+    if not aligned:
+        msg = (
+            f"Found no image aligned with the spots `{shapes_key!r}` (sharing a coordinate system) in "
+            f"`sdata.images` ({sorted(sdata.images)}). Add the H&E image with "
+            "`spatialdata.models.Image2DModel.parse(...)` in the spots' coordinate system."
+        )
+        raise ValueError(msg)
+    # pixels per shapes unit: the finest image is the full-resolution one
+    density = {k: float(np.sqrt(abs(np.linalg.det(a[:2, :2])))) for k, a in aligned.items()}
+    best = max(density.values())
+    finest = [k for k, v in density.items() if v >= best * 0.99]
+    image_key = pick_one(None, finest, "image_key", "sdata.images", "full-resolution image aligned with the spots")
+    if len(aligned) > 1:
+        logger.info("Using image `%s`, the finest of %s.", image_key, sorted(aligned))
+    return SlideElements(table_key, shapes_key, image_key, region_key, instance_key, aligned[image_key])

@@ -1,0 +1,254 @@
+"""Where the spots of a slide are, in image pixels and micrometres.
+
+The spot centres come from the circles' geometry mapped into the full-resolution image through spatialdata's
+transformations. The physical scale comes from the spot diameter (Visium 55 µm, legacy ST 100 µm, told apart
+by the grid: hexagonal for Visium, square for ST) unless the user gives microns per pixel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM
+from .._validation import check_positive
+from ._elements import SlideElements, image_levels, resolve_elements
+
+if TYPE_CHECKING:
+    from spatialdata import SpatialData
+
+__all__ = ["GridInfo", "SlideLayout", "detect_grid", "slide_layout"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest off-diagonal / diagonal ratio of the shapes→image affine still taken as axis-aligned.
+_MAX_SHEAR = 1e-3
+
+
+@dataclass(frozen=True)
+class GridInfo:
+    """The lattice the spots lie on."""
+
+    kind: Literal["hex", "square", "irregular"]
+    #: Centre-to-centre distance of neighbouring spots, in the units of the given coordinates.
+    pitch: float
+    #: Neighbours of an interior spot (6 hex, 4 square, 0 irregular).
+    n_neighbors: int
+
+
+@dataclass(frozen=True)
+class SlideLayout:
+    """Spot geometry of one slide, in full-resolution image pixels."""
+
+    elements: SlideElements
+    #: Instance ids of the table's rows, in row order.
+    instance_ids: np.ndarray
+    #: ``(N, 2)`` spot centres as ``(x, y)`` full-resolution image pixels, in table row order.
+    centres_px: np.ndarray
+    #: Spot diameter in image pixels.
+    spot_diameter_px: float
+    grid: GridInfo
+    microns_per_pixel: float
+    #: How ``microns_per_pixel`` was obtained.
+    scale_source: str
+    #: ``(height, width)`` of the full-resolution image (``(0, 0)`` without image).
+    image_shape: tuple[int, int]
+
+    @property
+    def technology(self) -> str:
+        """``'visium'`` (hex grid), ``'st'`` (square grid) or ``'unknown'``."""
+        return {"hex": "visium", "square": "st"}.get(self.grid.kind, "unknown")
+
+    def um_to_px(self, um: float) -> float:
+        """Convert micrometres to full-resolution pixels."""
+        return um / self.microns_per_pixel
+
+
+def detect_grid(centres: np.ndarray) -> GridInfo:
+    """Tell a hexagonal (Visium) from a square (legacy ST) spot lattice.
+
+    Parameters
+    ----------
+    centres
+        ``(N, 2)`` spot centres.
+
+    Returns
+    -------
+    The lattice kind, its pitch and the interior neighbour count.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(centres)
+    if n < 3:
+        return GridInfo("irregular", float("nan"), 0)
+    k = min(9, n)
+    dist, _ = cKDTree(centres).query(centres, k=k)
+    nearest = dist[:, 1]
+    pitch = float(np.median(nearest))
+    if not pitch > 0:
+        return GridInfo("irregular", float("nan"), 0)
+    within = dist[:, 1:] <= 1.25 * pitch
+    counts = within.sum(1)
+    interior = int(counts.max())
+    ring = dist[:, 1:][within]
+    regular = np.std(ring) / pitch < 0.08
+    if regular and interior == 6:
+        return GridInfo("hex", float(np.mean(ring)), 6)
+    if regular and interior == 4:
+        return GridInfo("square", float(np.mean(ring)), 4)
+    return GridInfo("irregular", pitch, 0)
+
+
+def _spot_centres(
+    sdata: SpatialData, el: SlideElements
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Instance ids of the table's rows, centres of all circles, row→circle positions, radii of the rows."""
+    table = sdata.tables[el.table_key]
+    shapes = sdata.shapes[el.shapes_key]
+    obs = table.obs
+    if el.region_key in obs.columns:
+        other = obs[el.region_key].astype(str) != el.shapes_key
+        if other.any():
+            msg = (
+                f"Table `{el.table_key!r}` annotates other regions besides `{el.shapes_key!r}` "
+                f"({sorted(obs.loc[other, el.region_key].astype(str).unique())}). Subset it to one slide first, "
+                f"e.g. `table[table.obs[{el.region_key!r}] == {el.shapes_key!r}]`."
+            )
+            raise ValueError(msg)
+    if el.instance_key not in obs.columns:
+        msg = (
+            f"Column `{el.instance_key!r}` (the table's `instance_key`) not found in "
+            f"`sdata.tables[{el.table_key!r}].obs`."
+        )
+        raise KeyError(msg)
+    ids = obs[el.instance_key].to_numpy()
+    pos = shapes.index.get_indexer(ids)
+    missing = pos < 0
+    if missing.any():
+        msg = (
+            f"{int(missing.sum())} of {len(ids)} rows of table `{el.table_key!r}` name spots missing from shapes "
+            f"`{el.shapes_key!r}` (e.g. {list(ids[missing][:3])}). The table's `{el.instance_key}` column must "
+            "match the shapes' index."
+        )
+        raise ValueError(msg)
+    all_xy = np.column_stack([shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()]).astype(float)
+    radius = shapes["radius"].to_numpy(dtype=float)[pos]
+    return ids, all_xy, pos, radius
+
+
+def _check_axis_aligned(affine: np.ndarray, el: SlideElements) -> tuple[float, float]:
+    lin = affine[:2, :2]
+    sx, sy = abs(lin[0, 0]), abs(lin[1, 1])
+    off = max(abs(lin[0, 1]), abs(lin[1, 0]))
+    if off > _MAX_SHEAR * max(sx, sy) or sx == 0 or sy == 0:
+        msg = (
+            f"The transformation from spots `{el.shapes_key!r}` to image `{el.image_key!r}` rotates or shears "
+            f"(linear part {np.round(lin, 4).tolist()}). hyperst crops axis-aligned patches; transform the image "
+            "into the spots' frame first (e.g. `spatialdata.transform(...)`) or register it without rotation."
+        )
+        raise ValueError(msg)
+    return sx, sy
+
+
+def slide_layout(
+    sdata: SpatialData,
+    *,
+    table_key: str | None = None,
+    shapes_key: str | None = None,
+    image_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    spot_diameter_um: float | None = None,
+    need_image: bool = True,
+) -> SlideLayout:
+    """Resolve a slide's elements and spot geometry.
+
+    Parameters
+    ----------
+    sdata
+        The slide.
+    table_key, shapes_key, image_key
+        Element names; ``None`` infers them.
+    microns_per_pixel
+        Full-resolution pixel size; derived from the spot diameter when ``None``.
+    spot_diameter_um
+        Physical spot diameter; taken from the grid kind (Visium 55 µm, ST 100 µm) when ``None``.
+    need_image
+        Whether an image is required.
+
+    Returns
+    -------
+    The slide's layout.
+    """
+    el = resolve_elements(sdata, table_key=table_key, shapes_key=shapes_key, image_key=image_key, need_image=need_image)
+    ids, all_xy, pos, radius = _spot_centres(sdata, el)
+    sx, sy = _check_axis_aligned(el.affine, el)
+    all_centres = (np.column_stack([all_xy, np.ones(len(all_xy))]) @ el.affine.T)[:, :2]
+    centres = all_centres[pos]
+    diameter_px = float(np.median(radius)) * 2 * float(np.sqrt(sx * sy)) if len(radius) else float("nan")
+    # the lattice is a property of all circles, so a QC-filtered table still shows its grid
+    grid = detect_grid(all_centres)
+
+    image_shape = (0, 0)
+    if need_image:
+        level0 = image_levels(sdata.images[el.image_key])[0]
+        image_shape = (int(level0.sizes["y"]), int(level0.sizes["x"]))
+
+    if microns_per_pixel is not None:
+        mpp = float(check_positive(microns_per_pixel, "microns_per_pixel"))
+        source = "given"
+    else:
+        tech = {"hex": "visium", "square": "st"}.get(grid.kind)
+        if spot_diameter_um is not None:
+            diam_um = float(check_positive(spot_diameter_um, "spot_diameter_um"))
+            source = f"spot diameter {diam_um:g} µm (given)"
+        elif tech is not None:
+            diam_um = SPOT_DIAMETER_UM[tech]
+            source = f"spot diameter {diam_um:g} µm ({'Visium' if tech == 'visium' else 'legacy ST'} grid)"
+        else:
+            msg = (
+                f"Cannot derive the pixel size of image `{el.image_key!r}`: the spots of `{el.shapes_key!r}` lie on "
+                "neither a hexagonal (Visium) nor a square (legacy ST) grid. Pass `microns_per_pixel=` "
+                "(or `spot_diameter_um=`)."
+            )
+            raise ValueError(msg)
+        if not np.isfinite(diameter_px) or diameter_px <= 0:
+            msg = f"Expected positive spot radii in `sdata.shapes[{el.shapes_key!r}]['radius']`."
+            raise ValueError(msg)
+        mpp = diam_um / diameter_px
+        if tech is not None and np.isfinite(grid.pitch):
+            pitch_um = grid.pitch * mpp
+            expected_pitch = GRID_PITCH_UM[tech] * diam_um / SPOT_DIAMETER_UM[tech]
+            if abs(pitch_um / expected_pitch - 1) > 0.15:
+                logger.warning(
+                    "Spot pitch is %.0f µm at %.3f µm/px, but a %s grid has %.0f µm: check the spot radii or "
+                    "pass `microns_per_pixel=`.",
+                    pitch_um,
+                    mpp,
+                    tech,
+                    expected_pitch,
+                )
+
+    if need_image:
+        h, w = image_shape
+        outside = (centres[:, 0] < 0) | (centres[:, 0] >= w) | (centres[:, 1] < 0) | (centres[:, 1] >= h)
+        if outside.any():
+            msg = (
+                f"{int(outside.sum())} of {len(centres)} spots of `{el.shapes_key!r}` lie outside image "
+                f"`{el.image_key!r}` ({w} x {h} px), e.g. spot {ids[outside][0]!r} at pixel "
+                f"{np.round(centres[outside][0], 1).tolist()}. Check the transformations, or drop those spots "
+                "from the table."
+            )
+            raise ValueError(msg)
+    return SlideLayout(
+        elements=el,
+        instance_ids=ids,
+        centres_px=centres,
+        spot_diameter_px=diameter_px,
+        grid=grid,
+        microns_per_pixel=mpp,
+        scale_source=source,
+        image_shape=image_shape,
+    )

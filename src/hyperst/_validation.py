@@ -1,0 +1,110 @@
+"""Checks on user input, with one wording per pattern.
+
+This is the only module that phrases "Expected `x` to be …, found …" and "Key … not found …" messages; the
+rest of the package calls these helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = [
+    "check_choice",
+    "check_in_range",
+    "check_key",
+    "check_positive",
+    "expected",
+    "key_not_found",
+    "pick_one",
+    "raise_collected",
+]
+
+
+def expected(name: str, what: str, found: Any) -> str:
+    """Phrase a wrong-value message: ``Expected `name` to be what, found `found`.``."""
+    return f"Expected `{name}` to be {what}, found `{found!r}`."
+
+
+def key_not_found(key: str, where: str, available: Iterable[str], fix: str | None = None) -> str:
+    """Phrase a missing-key message, listing what is there and an optional fix-it sentence."""
+    msg = f"Key `{key!r}` not found in `{where}`. Available keys: {sorted(map(str, available))}."
+    if fix:
+        msg = f"{msg} {fix}"
+    return msg
+
+
+def check_key(key: str, container: Any, where: str, fix: str | None = None) -> None:
+    """Raise :class:`KeyError` if ``key`` is not in ``container``."""
+    if key not in container:
+        raise KeyError(key_not_found(key, where, list(container.keys()), fix))
+
+
+def check_positive(value: float, name: str) -> float:
+    """Return ``value`` if it is a finite number > 0, else raise :class:`ValueError`."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ValueError(expected(name, "a positive finite number", value))
+    return value
+
+
+def check_in_range(value: float, name: str, low: float, high: float) -> float:
+    """Return ``value`` if ``low <= value <= high``, else raise :class:`ValueError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= value <= high):
+        raise ValueError(expected(name, f"a number in [{low}, {high}]", value))
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``, else raise :class:`ValueError`."""
+    if value not in choices:
+        raise ValueError(expected(name, f"one of {list(choices)}", value))
+    return value
+
+
+def pick_one(key: str | None, candidates: Sequence[str], name: str, where: str, what: str) -> str:
+    """Resolve ``key`` among ``candidates``: the given one, or the only candidate.
+
+    Parameters
+    ----------
+    key
+        What the user passed (``None`` to infer).
+    candidates
+        Valid choices.
+    name
+        Argument name, e.g. ``"image_key"``.
+    where
+        Container the candidates come from, e.g. ``"sdata.images"``.
+    what
+        Human description of a valid candidate, e.g. ``"an RGB image aligned with the spots"``.
+
+    Returns
+    -------
+    The resolved key.
+    """
+    if key is not None:
+        if key not in candidates:
+            msg = (
+                f"Expected `{name}` to name {what}, found `{key!r}`. "
+                f"Candidates in `{where}`: {sorted(candidates)}."
+            )
+            raise KeyError(msg)
+        return key
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        msg = f"Found no {what} in `{where}`."
+        raise ValueError(msg)
+    msg = f"Found several candidates for the {what} in `{where}`: {sorted(candidates)}. Pass `{name}=` to choose one."
+    raise ValueError(msg)
+
+
+def raise_collected(problems: list[str], subject: str, exc: type[Exception] = ValueError) -> None:
+    """Raise one error listing every problem found, so users fix everything in one pass."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise exc(f"{subject}: {problems[0]}")
+    lines = "\n".join(f"  - {p}" for p in problems)
+    raise exc(f"{subject} has {len(problems)} problems:\n{lines}")

@@ -1,0 +1,123 @@
+"""``hst.pp.niche_graph``: which spots form each spot's niche."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .._constants import Keys
+from .._data import as_spatialdata, slide_layout
+from .._docs import doc_params
+from .._validation import expected
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from scipy.sparse import csr_matrix
+    from spatialdata import SpatialData
+
+__all__ = ["niche_graph"]
+
+logger = logging.getLogger(__name__)
+
+
+def _table_and_centres(
+    data: SpatialData | AnnData, table_key: str | None, shapes_key: str | None
+) -> tuple[AnnData, np.ndarray, str]:
+    """The table to write to, its spot centres (shapes frame) and the grid kind."""
+    from anndata import AnnData
+
+    if isinstance(data, AnnData) and "spatial" in data.obsm and "spatial" not in data.uns:
+        return data, np.asarray(data.obsm["spatial"], dtype=float)[:, :2], "anndata"
+    sdata = as_spatialdata(data)
+    layout = slide_layout(sdata, table_key=table_key, shapes_key=shapes_key, need_image=False)
+    table = data if isinstance(data, AnnData) else sdata.tables[layout.elements.table_key]
+    return table, layout.centres_px, layout.elements.shapes_key
+
+
+@doc_params
+def niche_graph(
+    sdata: SpatialData | AnnData,
+    *,
+    table_key: str | None = None,
+    shapes_key: str | None = None,
+    n_rings: int = 1,
+    n_neighs: int | None = None,
+    key_added: str = "hyperst",
+    inplace: bool = True,
+) -> tuple[csr_matrix, csr_matrix] | None:
+    """Build the niche graph: each spot's ring(s) of grid neighbours.
+
+    The graph comes from squidpy's spatial-neighbour builders: a grid graph for Visium (hexagonal, 6
+    neighbours) and legacy ST (square, 4 neighbours), detected from the spot layout, and a k-nearest-neighbour
+    graph (``n_neighs``, default 6) for other layouts. Spot centres are read from the circles through the
+    table's ``instance_key``, so tables filtered after reading work; ``obsm['spatial']`` is never changed.
+
+    Parameters
+    ----------
+    {sdata}
+        An AnnData with ``obsm['spatial']`` and no ``uns['spatial']`` is used as is.
+    {table_key}
+    {shapes_key}
+    n_rings
+        Rings of grid neighbours in the niche (1: the spot's direct neighbours).
+    n_neighs
+        Neighbours per spot for non-grid layouts; ignored on a grid.
+    {key_added}
+    inplace
+        Write into the table; ``False`` returns the matrices and changes nothing.
+
+    Returns
+    -------
+    ``None`` with ``inplace=True``, after writing to the spots' table:
+
+    - ``obsp['{{key_added}}_connectivities']``: binary adjacency of the niche graph;
+    - ``obsp['{{key_added}}_distances']``: ring number of each neighbour (grid) or distance (kNN);
+    - ``uns['{{key_added}}_neighbors']``: the parameters used.
+
+    With ``inplace=False``, the ``(connectivities, distances)`` sparse matrices.
+
+    Examples
+    --------
+    >>> import hyperst as hst
+    >>> sdata = hst.datasets.synthetic(n_slides=1, n_spots=300)[0]
+    >>> hst.pp.niche_graph(sdata)
+    >>> sdata.tables["table"].obsp["hyperst_connectivities"].sum(1).max()
+    np.float64(6.0)
+    """
+    import squidpy as sq
+    from anndata import AnnData
+
+    from .._data import detect_grid
+
+    if not isinstance(n_rings, int) or isinstance(n_rings, bool) or n_rings < 1:
+        raise ValueError(expected("n_rings", "an integer >= 1", n_rings))
+    keys = Keys(key_added)
+    table, centres, _ = _table_and_centres(sdata, table_key, shapes_key)
+    if len(centres) < 2:
+        msg = f"Expected at least 2 spots to build a niche graph, found {len(centres)}."
+        raise ValueError(msg)
+    grid = detect_grid(centres)
+    tmp = AnnData(obs={"_": np.zeros(len(centres))}, obsm={"spatial": centres})
+    if grid.kind in ("hex", "square"):
+        sq.gr.spatial_neighbors_grid(tmp, spatial_key="spatial", n_neighs=grid.n_neighbors, n_rings=n_rings,
+                                     key_added=keys.stem)
+    else:
+        k = n_neighs if n_neighs is not None else 6
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(expected("n_neighs", "a positive integer", n_neighs))
+        sq.gr.spatial_neighbors_knn(tmp, spatial_key="spatial", n_neighs=min(k * n_rings, len(centres) - 1),
+                                    key_added=keys.stem)
+    conn = tmp.obsp[keys.connectivities].tocsr()
+    dist = tmp.obsp[keys.distances].tocsr()
+    if not inplace:
+        return conn, dist
+    params = dict(tmp.uns[keys.neighbors_uns])
+    params["params"] = {**params.get("params", {}), "grid": grid.kind, "n_rings": n_rings,
+                        "pitch": float(grid.pitch)}
+    logger.info("Adding `obsp['%s']`, `obsp['%s']` (%s grid)", keys.connectivities, keys.distances, grid.kind)
+    table.obsp[keys.connectivities] = conn
+    table.obsp[keys.distances] = dist
+    table.uns[keys.neighbors_uns] = params
+    return None

@@ -1,0 +1,142 @@
+"""Shared fixtures: hand-built slides, the synthetic dataset, and the real HER2ST sections when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(os.environ.get("HYPERST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+HER2ST = SHARED / "data" / "her2st"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--run-slow")
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        has_gpu = False
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow: run with --run-slow"))
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress():
+    import hyperst
+
+    old = hyperst.settings.progress_bar
+    hyperst.settings.progress_bar = False
+    yield
+    hyperst.settings.progress_bar = old
+
+
+def make_slide(
+    image: np.ndarray,
+    centres: np.ndarray,
+    radius: float,
+    *,
+    cs: str = "sample_1",
+    image_transform=None,
+    shapes_transform=None,
+    n_genes: int = 5,
+    seed: int = 0,
+    scale_factors: list[int] | None = None,
+):
+    """A SpatialData slide: ``(c, y, x)`` uint8 image, spot circles at ``centres`` (x, y), a counts table."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+    from xarray import DataArray
+
+    rng = np.random.default_rng(seed)
+    n = len(centres)
+    img = Image2DModel.parse(
+        DataArray(image, dims=("c", "y", "x")),
+        transformations={cs: image_transform or Identity()},
+        scale_factors=scale_factors,
+    )
+    ids = np.arange(n) + 100  # instance ids distinct from row positions
+    shapes = ShapesModel.parse(
+        np.asarray(centres, dtype=float),
+        geometry=0,
+        radius=np.full(n, float(radius)),
+        index=pd.Index(ids),
+        transformations={cs: shapes_transform or Identity()},
+    )
+    counts = rng.poisson(3.0, size=(n, n_genes)).astype(np.float32)
+    obs = pd.DataFrame({"spot_id": ids, "region": pd.Categorical([cs] * n)}, index=[f"spot{i}" for i in ids])
+    adata = ad.AnnData(counts, obs=obs)
+    adata.var_names = [f"G{i}" for i in range(n_genes)]
+    table = TableModel.parse(adata, region=cs, region_key="region", instance_key="spot_id")
+    return SpatialData(images={f"{cs}_full_image": img}, shapes={cs: shapes}, tables={"table": table})
+
+
+def hex_centres(n_rows: int, n_cols: int, pitch: float, origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Centres of a Visium-like hexagonal lattice with centre-to-centre ``pitch``."""
+    pts = []
+    for r in range(n_rows):
+        for c in range(n_cols):
+            pts.append((origin[0] + c * pitch + (r % 2) * pitch / 2, origin[1] + r * pitch * np.sqrt(3) / 2))
+    return np.asarray(pts)
+
+
+def square_centres(n_rows: int, n_cols: int, pitch: float, origin: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Centres of a legacy-ST-like square lattice."""
+    yy, xx = np.mgrid[0:n_rows, 0:n_cols]
+    return np.column_stack([origin[0] + xx.ravel() * pitch, origin[1] + yy.ravel() * pitch]).astype(float)
+
+
+@pytest.fixture(scope="session")
+def her2st_dir() -> Path:
+    if not (HER2ST / "C3.h5ad").exists():
+        pytest.skip(f"real data not found at {HER2ST} (needs ../shared/data)")
+    return HER2ST
+
+
+def her2st_slide(section: str, root: Path = HER2ST):
+    """Build a SpatialData from a HER2ST section's h5ad and full-resolution JPEG, as a user would."""
+    import anndata as ad
+    from PIL import Image
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity
+    from xarray import DataArray
+
+    Image.MAX_IMAGE_PIXELS = None
+    adata = ad.read_h5ad(root / f"{section}.h5ad")
+    rgb = np.asarray(Image.open(root / "images" / f"{section}.jpg").convert("RGB"))
+    diameter = adata.uns["spatial"][section]["scalefactors"]["spot_diameter_fullres"]
+    image = Image2DModel.parse(
+        DataArray(rgb.transpose(2, 0, 1), dims=("c", "y", "x")),
+        transformations={section: Identity()},
+        scale_factors=[2, 2],
+    )
+    circles = ShapesModel.parse(
+        np.asarray(adata.obsm["spatial"], dtype=float),
+        geometry=0,
+        radius=np.full(adata.n_obs, diameter / 2),
+        index=adata.obs_names.copy(),
+        transformations={section: Identity()},
+    )
+    adata.obs["region"] = section
+    adata.obs["spot"] = adata.obs_names.to_numpy()
+    table = TableModel.parse(adata, region=section, region_key="region", instance_key="spot")
+    return SpatialData(images={f"{section}_he": image}, shapes={section: circles}, tables={"table": table})
+
+
+@pytest.fixture(scope="session")
+def her2st_c3(her2st_dir):
+    return her2st_slide("C3", her2st_dir)
