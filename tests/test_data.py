@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import hex_centres, make_slide, square_centres
 
+from conftest import hex_centres, make_slide, square_centres
 from hyperst._data import PatchGeometry, PatchReader, as_spatialdata, detect_grid, dihedral, slide_layout
 
 
@@ -129,7 +129,9 @@ def test_two_images_at_the_same_resolution_are_ambiguous():
 def test_table_inference_errors_list_candidates():
     sdata, _ = _visium_slide(1.0)
     sdata.tables["other"] = sdata.tables["table"].copy()
-    with pytest.raises(ValueError, match=r"several candidates for the table of spots in `sdata.tables`: \['other', 'table'\]"):
+    with pytest.raises(
+        ValueError, match=r"several candidates for the table of spots in `sdata.tables`: \['other', 'table'\]"
+    ):
         slide_layout(sdata)
     assert slide_layout(sdata, table_key="other").elements.table_key == "other"
     del sdata.tables["other"], sdata.tables["table"]
@@ -263,8 +265,9 @@ def test_memory_is_bounded_by_the_batch_not_the_slide(tmp_path):
     tissue = da.from_array(np.random.default_rng(0).integers(0, 255, (3, 2048, 2048), dtype=np.uint8))
     arr[:, 16384:18432, 16384:18432] = tissue  # one chunk of "tissue" in a sea of background
     path = tmp_path / "large.zarr"
-    SpatialData(images={"he": Image2DModel.parse(DataArray(arr, dims=("c", "y", "x")),
-                                                  transformations={"s": Identity()})}).write(path)
+    SpatialData(
+        images={"he": Image2DModel.parse(DataArray(arr, dims=("c", "y", "x")), transformations={"s": Identity()})}
+    ).write(path)
     lazy = read_zarr(path)
     centres = hex_centres(10, 40, 400, origin=(15000, 15000))  # 0.25 µm/px Visium: 400 px pitch
     sdata = make_slide(np.zeros((3, 8, 8), dtype=np.uint8), centres, radius=110, cs="s")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import hex_centres, make_slide, square_centres
 
 import hyperst as hst
+from conftest import hex_centres, make_slide, square_centres
 
 
 def _degrees(table, key="hyperst"):

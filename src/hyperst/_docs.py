@@ -15,15 +15,10 @@ _FRAGMENTS = {
         "        A slide as :class:`~spatialdata.SpatialData` (an H&E image, spot circles and a table annotating\n"
         "        them), or a legacy scanpy/squidpy Visium :class:`~anndata.AnnData` with ``uns['spatial']``."
     ),
-    "table_key": (
-        "table_key\n        Table of spots in ``sdata.tables``; inferred when there is only one."
-    ),
-    "shapes_key": (
-        "shapes_key\n        Spot circles in ``sdata.shapes``; inferred from the table's ``region``."
-    ),
+    "table_key": ("table_key\n        Table of spots in ``sdata.tables``; inferred when there is only one."),
+    "shapes_key": ("shapes_key\n        Spot circles in ``sdata.shapes``; inferred from the table's ``region``."),
     "image_key": (
-        "image_key\n"
-        "        H&E image in ``sdata.images``; inferred as the finest image aligned with the spots."
+        "image_key\n        H&E image in ``sdata.images``; inferred as the finest image aligned with the spots."
     ),
     "key_added": (
         "key_added\n        Stem of every key written (``'hyperst'`` gives ``obsp['hyperst_connectivities']``, …)."

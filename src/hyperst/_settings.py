@@ -9,7 +9,12 @@ from pathlib import Path
 
 __all__ = ["Settings", "settings"]
 
-_VERBOSITY = {"error": logging.ERROR, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+_VERBOSITY = {
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+}
 
 
 def _default_cache_dir() -> Path:

@@ -85,10 +85,7 @@ def pick_one(key: str | None, candidates: Sequence[str], name: str, where: str, 
     """
     if key is not None:
         if key not in candidates:
-            msg = (
-                f"Expected `{name}` to name {what}, found `{key!r}`. "
-                f"Candidates in `{where}`: {sorted(candidates)}."
-            )
+            msg = f"Expected `{name}` to name {what}, found `{key!r}`. Candidates in `{where}`: {sorted(candidates)}."
             raise KeyError(msg)
         return key
     if len(candidates) == 1:
@@ -105,6 +102,8 @@ def raise_collected(problems: list[str], subject: str, exc: type[Exception] = Va
     if not problems:
         return
     if len(problems) == 1:
-        raise exc(f"{subject}: {problems[0]}")
-    lines = "\n".join(f"  - {p}" for p in problems)
-    raise exc(f"{subject} has {len(problems)} problems:\n{lines}")
+        msg = f"{subject}: {problems[0]}"
+    else:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        msg = f"{subject} has {len(problems)} problems:\n{lines}"
+    raise exc(msg)

@@ -102,9 +102,7 @@ def detect_grid(centres: np.ndarray) -> GridInfo:
     return GridInfo("irregular", pitch, 0)
 
 
-def _spot_centres(
-    sdata: SpatialData, el: SlideElements
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _spot_centres(sdata: SpatialData, el: SlideElements) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instance ids of the table's rows, centres of all circles, row→circle positions, radii of the rows."""
     table = sdata.tables[el.table_key]
     shapes = sdata.shapes[el.shapes_key]

@@ -146,7 +146,7 @@ class PatchReader:
         return len(self.layout.centres_px)
 
     def _level_for(self, side_px: float) -> int:
-        """The coarsest pyramid level that still gives at least ``out_px`` pixels across the patch."""
+        """Return the coarsest pyramid level that still gives ``out_px`` pixels across the patch."""
         out = self.geometry.out_px
         ok = [i for i, f in enumerate(self.downsample) if side_px / f >= out * 0.999]
         return max(ok, key=lambda i: self.downsample[i]) if ok else 0
@@ -164,9 +164,9 @@ class PatchReader:
         if level not in self._containers:
             import squidpy as sq
 
-            arr = self.levels[level].transpose("y", "x", "c")
+            arr = self.levels[level].transpose("y", "x", "c").rename({"c": "channels"}).expand_dims("z", axis=2)
             self._containers[level] = sq.im.ImageContainer(
-                arr, layer="image", dims=("y", "x", "channels"), lazy=True
+                arr, layer="image", dims=("y", "x", "z", "channels"), lazy=True
             )
         return self._containers[level]
 

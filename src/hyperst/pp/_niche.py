@@ -10,6 +10,7 @@ import numpy as np
 from .._constants import Keys
 from .._data import as_spatialdata, slide_layout
 from .._docs import doc_params
+from .._utils import quiet_loggers
 from .._validation import expected
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 def _table_and_centres(
     data: SpatialData | AnnData, table_key: str | None, shapes_key: str | None
 ) -> tuple[AnnData, np.ndarray, str]:
-    """The table to write to, its spot centres (shapes frame) and the grid kind."""
+    """Return the table to write to, its spot centres and the shapes key."""
     from anndata import AnnData
 
     if isinstance(data, AnnData) and "spatial" in data.obsm and "spatial" not in data.uns:
@@ -100,22 +101,29 @@ def niche_graph(
         raise ValueError(msg)
     grid = detect_grid(centres)
     tmp = AnnData(obs={"_": np.zeros(len(centres))}, obsm={"spatial": centres})
-    if grid.kind in ("hex", "square"):
-        sq.gr.spatial_neighbors_grid(tmp, spatial_key="spatial", n_neighs=grid.n_neighbors, n_rings=n_rings,
-                                     key_added=keys.stem)
-    else:
-        k = n_neighs if n_neighs is not None else 6
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(expected("n_neighs", "a positive integer", n_neighs))
-        sq.gr.spatial_neighbors_knn(tmp, spatial_key="spatial", n_neighs=min(k * n_rings, len(centres) - 1),
-                                    key_added=keys.stem)
+    k = n_neighs if n_neighs is not None else 6
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(expected("n_neighs", "a positive integer", n_neighs))
+    with quiet_loggers("spatialdata"):  # squidpy logs every graph it builds through spatialdata's logger
+        if grid.kind in ("hex", "square"):
+            sq.gr.spatial_neighbors_grid(
+                tmp, spatial_key="spatial", n_neighs=grid.n_neighbors, n_rings=n_rings, key_added=keys.stem
+            )
+        else:
+            sq.gr.spatial_neighbors_knn(
+                tmp, spatial_key="spatial", n_neighs=min(k * n_rings, len(centres) - 1), key_added=keys.stem
+            )
     conn = tmp.obsp[keys.connectivities].tocsr()
     dist = tmp.obsp[keys.distances].tocsr()
     if not inplace:
         return conn, dist
     params = dict(tmp.uns[keys.neighbors_uns])
-    params["params"] = {**params.get("params", {}), "grid": grid.kind, "n_rings": n_rings,
-                        "pitch": float(grid.pitch)}
+    params["params"] = {
+        **params.get("params", {}),
+        "grid": grid.kind,
+        "n_rings": n_rings,
+        "pitch": float(grid.pitch),
+    }
     logger.info("Adding `obsp['%s']`, `obsp['%s']` (%s grid)", keys.connectivities, keys.distances, grid.kind)
     table.obsp[keys.connectivities] = conn
     table.obsp[keys.distances] = dist

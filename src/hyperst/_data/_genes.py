@@ -1,0 +1,148 @@
+"""Gene-side inputs: HMHVG gene selection and log2 targets for spots and niches.
+
+HMHVG ("high-mean, highly variable genes", HYPERST.md §2.4): the union of each slide's top highly variable
+genes (scanpy, Seurat flavour, on normalised log counts), without mitochondrial and ribosomal genes, ranked on
+the raw counts of all training spots by mean and by standard deviation. A gene enters the intersection of the
+top-N-by-mean and top-N-by-std sets at ``N = max(rank_mean, rank_std) + 1``; taking the ``n_genes`` genes that
+enter first gives exactly ``n_genes`` genes (the authors tune N by hand until the intersection has 200).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._validation import expected
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["counts_matrix", "log2_targets", "niche_mean", "select_hmhvg"]
+
+#: Mitochondrial and ribosomal-protein symbols (human and mouse). The authors' code drops every symbol that
+#: merely starts with "MT"/"RP", which also removes genes such as MTOR or RPA1; we match the families only.
+EXCLUDE_PATTERN = r"^(MT-|mt-|Mt-|RP[SL]\d|Rp[sl]\d|MRP[SL]\d|Mrp[sl]\d)"
+
+
+def counts_matrix(adata: AnnData, layer: str | None = None, *, name: str = "table") -> sp.csr_matrix:
+    """Raw counts of ``adata`` (``X`` or ``layers[layer]``) as float32 CSR, checked to be counts.
+
+    Raises
+    ------
+    KeyError
+        If ``layer`` is missing.
+    ValueError
+        If the values are negative, non-finite or not integers (already normalised or log-transformed).
+    """
+    if layer is not None and layer not in adata.layers:
+        msg = f"Key `{layer!r}` not found in `{name}.layers`. Available keys: {sorted(adata.layers)}."
+        raise KeyError(msg)
+    x = adata.X if layer is None else adata.layers[layer]
+    x = sp.csr_matrix(x, dtype=np.float32)
+    vals = x.data
+    where = f"`{name}.{'X' if layer is None else f'layers[{layer!r}]'}`"
+    if vals.size and not np.isfinite(vals).all():
+        msg = f"Expected raw counts in {where}, found NaN or infinite values. Fill or drop them first."
+        raise ValueError(msg)
+    if vals.size and vals.min() < 0:
+        msg = f"Expected raw counts in {where}, found negative values (min {vals.min():g})."
+        raise ValueError(msg)
+    if vals.size and not np.allclose(vals, np.round(vals)):
+        msg = (
+            f"Expected raw (integer) counts in {where}, found non-integer values: the matrix looks normalised "
+            "or log-transformed. Pass the raw counts (e.g. `layer='counts'`)."
+        )
+        raise ValueError(msg)
+    return x
+
+
+def select_hmhvg(
+    tables: Sequence[AnnData],
+    n_genes: int = 200,
+    *,
+    n_top_hvg: int = 2000,
+    layer: str | None = None,
+    exclude: str | None = EXCLUDE_PATTERN,
+) -> list[str]:
+    """Pick exactly ``n_genes`` HMHVG genes from the training slides' raw counts.
+
+    Parameters
+    ----------
+    tables
+        One AnnData of raw counts per training slide.
+    n_genes
+        Genes to return.
+    n_top_hvg
+        Highly variable genes taken per slide before the union.
+    layer
+        Layer holding raw counts (``None``: ``X``).
+    exclude
+        Regular expression of gene symbols to drop (mitochondrial and ribosomal by default).
+
+    Returns
+    -------
+    Gene names, ordered by the ``N`` at which they enter the top-N-by-mean ∩ top-N-by-std set.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    if not isinstance(n_genes, int) or n_genes < 1:
+        raise ValueError(expected("genes", "a positive integer", n_genes))
+    common = set(tables[0].var_names)
+    for t in tables[1:]:
+        common &= set(t.var_names)
+    genes = [g for g in tables[0].var_names if g in common]
+    union: set[str] = set()
+    for t in tables:
+        x = counts_matrix(t, layer)
+        a = ad.AnnData(x[:, t.var_names.get_indexer(genes)], var={"gene": genes})
+        a.var_names = genes
+        a = a[np.asarray((a.X > 0).sum(1)).ravel() > 0].copy()
+        a = a[:, np.asarray((a.X > 0).sum(0)).ravel() > 0].copy()
+        sc.pp.normalize_total(a)
+        sc.pp.log1p(a)
+        top = min(n_top_hvg, a.n_vars)
+        sc.pp.highly_variable_genes(a, n_top_genes=top, flavor="seurat")
+        union |= set(a.var_names[a.var["highly_variable"].to_numpy()])
+    if exclude:
+        rx = re.compile(exclude)
+        union = {g for g in union if not rx.match(g)}
+    pool = [g for g in genes if g in union]
+    if len(pool) < n_genes:
+        msg = (
+            f"Only {len(pool)} candidate genes (highly variable in some training slide, not mitochondrial or "
+            f"ribosomal) for `genes={n_genes}`. Ask for fewer genes or pass a list of names."
+        )
+        raise ValueError(msg)
+    stacked = sp.vstack([counts_matrix(t, layer)[:, t.var_names.get_indexer(pool)] for t in tables]).tocsc()
+    mean = np.asarray(stacked.mean(0)).ravel()
+    sq = np.asarray(stacked.multiply(stacked).mean(0)).ravel()
+    std = np.sqrt(np.maximum(sq - mean**2, 0))
+    rank_mean = np.empty(len(pool), int)
+    rank_mean[np.argsort(-mean, kind="stable")] = np.arange(len(pool))
+    rank_std = np.empty(len(pool), int)
+    rank_std[np.argsort(-std, kind="stable")] = np.arange(len(pool))
+    enter = np.maximum(rank_mean, rank_std)
+    order = np.lexsort((rank_mean, enter))
+    return [pool[i] for i in order[:n_genes]]
+
+
+def log2_targets(counts: sp.spmatrix | np.ndarray) -> np.ndarray:
+    """``log2(1 + counts)`` as a dense float32 array."""
+    dense = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
+    return np.log2(1.0 + dense.astype(np.float32))
+
+
+def niche_mean(counts: sp.spmatrix | np.ndarray, connectivities: sp.spmatrix) -> np.ndarray:
+    """Mean raw counts over each spot and its niche neighbours (HYPERST.md §1.4), dense float32."""
+    adj = sp.csr_matrix(connectivities, dtype=np.float32)
+    adj = (adj + sp.eye(adj.shape[0], dtype=np.float32, format="csr")).tocsr()
+    adj.data[:] = 1.0
+    deg = np.asarray(adj.sum(1)).ravel()
+    summed = adj @ (counts if sp.issparse(counts) else sp.csr_matrix(counts))
+    dense = summed.toarray() if sp.issparse(summed) else np.asarray(summed)
+    return (dense / deg[:, None]).astype(np.float32)

@@ -1,0 +1,62 @@
+"""scanpy-style convention checks over every public function (STYLE.md §3.7)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pytest
+
+import hyperst as hst
+
+MODULES = ["pp", "datasets"]
+FUNCS = [
+    pytest.param(getattr(getattr(hst, mod), name), id=f"{mod}.{name}")
+    for mod in MODULES
+    for name in getattr(hst, mod).__all__
+]
+
+
+def _documented_params(func) -> list[str]:
+    doc = inspect.getdoc(func) or ""
+    match = re.search(r"Parameters\n-+\n(.*?)(?:\n\n[A-Z][a-z]+\n-+\n|\Z)", doc, flags=re.S)
+    assert match, f"{func.__qualname__} has no numpydoc Parameters section"
+    names = []
+    for line in match.group(1).splitlines():
+        if line and not line.startswith(" "):
+            names += [n.strip() for n in line.split(":")[0].split(",")]
+    return names
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_docstring_parameters_match_signature(func):
+    sig = list(inspect.signature(func).parameters)
+    assert _documented_params(func) == sig
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_positional_and_keyword_only_conventions(func):
+    params = inspect.signature(func).parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert len(positional) <= 3
+    for p in params:
+        if p.name in ("inplace", "key_added", "table_key", "image_key", "shapes_key"):
+            assert p.kind is p.KEYWORD_ONLY, p.name
+
+
+@pytest.mark.parametrize("func", [f for f in FUNCS if not f.id.startswith("datasets.")])
+def test_first_parameter_is_the_data(func):
+    first = next(iter(inspect.signature(func).parameters))
+    assert first in ("sdata", "adata")
+
+
+@pytest.mark.parametrize("func", FUNCS)
+def test_return_annotation_present(func):
+    assert inspect.signature(func).return_annotation is not inspect.Signature.empty
+
+
+def test_all_lists_no_private_names():
+    for mod in [hst, *(getattr(hst, m) for m in MODULES)]:
+        assert all(not n.startswith("_") or n == "__version__" for n in mod.__all__)
+        for name in mod.__all__:
+            assert hasattr(mod, name)
