@@ -9,7 +9,7 @@ import pytest
 
 import hyperst as hst
 
-MODULES = ["pp", "datasets"]
+MODULES = ["pp", "tl", "datasets"]
 FUNCS = [
     pytest.param(getattr(getattr(hst, mod), name), id=f"{mod}.{name}")
     for mod in MODULES
@@ -24,7 +24,7 @@ def _documented_params(func) -> list[str]:
     names = []
     for line in match.group(1).splitlines():
         if line and not line.startswith(" "):
-            names += [n.strip() for n in line.split(":")[0].split(",")]
+            names += [n.strip().lstrip("*") for n in line.split(":")[0].split(",")]
     return names
 
 

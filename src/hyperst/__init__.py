@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, lorentz, nn, pp
+from . import datasets, lorentz, nn, pp, tl
+from ._config import HyperSTConfig
+from ._model import HyperST
 from ._settings import settings
 
 try:
@@ -12,4 +14,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["__version__", "datasets", "lorentz", "nn", "pp", "settings"]
+__all__ = ["HyperST", "HyperSTConfig", "__version__", "datasets", "lorentz", "nn", "pp", "settings", "tl"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 from ._blocks import ResMLP
 from ._config import ModuleConfig
 from ._distributed import gather_with_grad
+from ._encoders import ENCODERS, EncoderSpec, ImageEncoder, build_encoder
 from ._hyperbolic import LorentzLift
+from ._lora import apply_lora
 from ._loss import (
     CONTRAST_PAIRS,
     ENTAIL_PAIRS,
@@ -23,12 +25,17 @@ from ._module import HyperSTModule
 
 __all__ = [
     "CONTRAST_PAIRS",
+    "ENCODERS",
     "ENTAIL_PAIRS",
+    "EncoderSpec",
     "HyperSTModule",
+    "ImageEncoder",
     "LorentzLift",
     "LossOutput",
     "ModuleConfig",
     "ResMLP",
+    "apply_lora",
+    "build_encoder",
     "cone_loss",
     "contrastive_loss",
     "entailment_loss",

@@ -76,6 +76,31 @@ class HyperSTModule(nn.Module):
             )
             self.log_logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         self.decoder = nn.Sequential(res_mlp(2 * dim if cfg.decoder_input == "both" else dim), nn.Linear(dim, n_genes))
+        # standardisation of the image features (identity until `set_input_stats`); saved with the weights
+        self.register_buffer("feature_shift", torch.zeros(n_features))
+        self.register_buffer("feature_scale", torch.ones(n_features))
+
+    @torch.no_grad()
+    def set_input_stats(self, mean: Tensor, std: Tensor, target_mean: Tensor | None = None) -> None:
+        """Standardise image features with ``mean``/``std`` and start the decoder at ``target_mean``.
+
+        Encoders differ wildly in feature scale (hand-crafted features span 1e-3 to 1e3), so the features are
+        standardised with training statistics stored in the module; starting the decoder's output bias at the
+        mean expression lets the first epochs learn structure instead of the offset.
+
+        Parameters
+        ----------
+        mean
+            ``(F,)`` feature means.
+        std
+            ``(F,)`` feature standard deviations (values below 1e-6 count as 1).
+        target_mean
+            ``(G,)`` mean training target, the initial output bias of the decoder.
+        """
+        self.feature_shift.copy_(mean)
+        self.feature_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        if target_mean is not None:
+            self.decoder[-1].bias.copy_(target_mean)
 
     # -- learnable scalars -------------------------------------------------------------------------
 
@@ -106,6 +131,8 @@ class HyperSTModule(nn.Module):
     def _image_features(self, spot_img: Tensor, niche_img: Tensor) -> tuple[Tensor | None, Tensor | None]:
         _check_input(spot_img, self.n_features, "spot_img")
         _check_input(niche_img, self.n_features, "niche_img")
+        spot_img = (spot_img - self.feature_shift) / self.feature_scale
+        niche_img = (niche_img - self.feature_shift) / self.feature_scale
         if not self.config.alignment:  # the ablation: the decoder reads the projector outputs
             spot = self.spot_image_projector(spot_img) if hasattr(self, "spot_image_projector") else None
             niche = self.niche_image_projector(niche_img) if hasattr(self, "niche_image_projector") else None

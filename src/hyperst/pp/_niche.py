@@ -104,7 +104,7 @@ def niche_graph(
     k = n_neighs if n_neighs is not None else 6
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(expected("n_neighs", "a positive integer", n_neighs))
-    with quiet_loggers("spatialdata"):  # squidpy logs every graph it builds through spatialdata's logger
+    with quiet_loggers("spatialdata._logging"):  # squidpy logs each graph it builds through this logger
         if grid.kind in ("hex", "square"):
             sq.gr.spatial_neighbors_grid(
                 tmp, spatial_key="spatial", n_neighs=grid.n_neighbors, n_rings=n_rings, key_added=keys.stem

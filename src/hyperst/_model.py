@@ -1,0 +1,272 @@
+"""``HyperST``: a trained model (config, torch module, genes, encoder spec, history) and its files.
+
+A model folder holds ``config.json`` (everything but tensors) and ``weights.safetensors`` (the module), plus
+``encoder.safetensors`` when the image encoder cannot be rebuilt from its name (random or custom weights).
+Loading never unpickles: safetensors only, or a plain state dict read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._config import HyperSTConfig
+from .nn import HyperSTModule
+
+__all__ = ["HyperST"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "hyperst-model"
+FORMAT_VERSION = 1
+_CONFIG, _WEIGHTS, _ENCODER, _LEGACY_WEIGHTS = "config.json", "weights.safetensors", "encoder.safetensors", "weights.pt"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@dataclass
+class HyperST:
+    """A trained HyperST model.
+
+    Create one with :func:`hyperst.tl.fit`, use it with :func:`hyperst.tl.predict`, store it with
+    :meth:`save` and :meth:`load`.
+
+    Attributes
+    ----------
+    module
+        The pure-torch network (:class:`hyperst.nn.HyperSTModule`), reading image features.
+    config
+        The hyperparameters of the fit.
+    genes
+        Names of the predicted genes, in output order.
+    encoder
+        Spec of the image encoder (name, weights, feature width).
+    training
+        What the model saw: slides, spots, microns per pixel, patch sides, best epoch, validation metrics.
+    history
+        Per-epoch losses, curvature and scales.
+    """
+
+    module: HyperSTModule
+    config: HyperSTConfig
+    genes: list[str]
+    encoder: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    encoder_state: dict[str, torch.Tensor] | None = None
+    encoder_module: torch.nn.Module | None = None
+
+    def __repr__(self) -> str:
+        curv = self.curvature
+        return (
+            f"HyperST({len(self.genes)} genes, encoder={self.encoder.get('name')!r}, "
+            f"embed_dim={self.config.module.embed_dim}, geometry={self.config.module.geometry!r}"
+            + (f", curv={curv:.3g}" if curv is not None else "")
+            + f", epochs={len(self.history)})"
+        )
+
+    @property
+    def curvature(self) -> float | None:
+        """Learned curvature magnitude ``c`` (the space has curvature ``-c``), or ``None`` without one."""
+        if not self.config.module.alignment or self.config.module.geometry != "lorentz":
+            return None
+        return float(self.module.curv.detach())
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the module's parameters."""
+        return next(self.module.parameters()).device
+
+    # ------------------------------------------------------------------ files
+    def _metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hyperst_version": _version(),
+            "config": self.config.to_dict(),
+            "n_features": self.module.n_features,
+            "genes": list(self.genes),
+            "encoder": self.encoder,
+            "training": self.training,
+            "history": self.history,
+        }
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
+        """Write the model to the folder ``path`` atomically.
+
+        Everything is written to a temporary folder beside ``path`` and moved into place at the end, so a
+        crash leaves any previous model at ``path`` intact.
+
+        Parameters
+        ----------
+        path
+            Target folder (created).
+        overwrite
+            Replace an existing model folder.
+
+        Returns
+        -------
+        The folder written.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            msg = f"`{path}` exists. Pass `overwrite=True` or choose another folder."
+            raise FileExistsError(msg)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+            save_file(state, str(tmp / _WEIGHTS))
+            meta = self._metadata()
+            meta["weights_sha256"] = _sha256(tmp / _WEIGHTS)
+            if self.encoder_state is not None:
+                save_file({k: v.contiguous() for k, v in self.encoder_state.items()}, str(tmp / _ENCODER))
+                meta["encoder_sha256"] = _sha256(tmp / _ENCODER)
+            (tmp / _CONFIG).write_text(json.dumps(meta, indent=1, default=_json_default))
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("Saved model to `%s`", path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, encoder: torch.nn.Module | None = None) -> HyperST:
+        """Read a model folder written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The folder.
+        encoder
+            The image encoder module, for models trained with a custom ``nn.Module`` encoder.
+
+        Returns
+        -------
+        The model, on CPU, in evaluation mode.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` holds no model.
+        ValueError
+            If the files are corrupt, foreign, or from an incompatible hyperst version.
+        """
+        path = Path(path)
+        cfg_file = path / _CONFIG
+        if not cfg_file.is_file():
+            msg = f"No hyperst model at `{path}`: `{_CONFIG}` not found."
+            raise FileNotFoundError(msg)
+        try:
+            meta = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            msg = f"`{cfg_file}` is not valid JSON ({err}); the model folder is corrupt."
+            raise ValueError(msg) from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            msg = f"`{cfg_file}` is not a hyperst model file (no `format: {FORMAT!r}`)."
+            raise ValueError(msg)
+        if meta.get("format_version") != FORMAT_VERSION:
+            msg = (
+                f"The model at `{path}` was written by hyperst {meta.get('hyperst_version', '?')} in format "
+                f"version {meta.get('format_version')!r}; this is hyperst {_version()}, which reads format "
+                f"version {FORMAT_VERSION}. Load it with the hyperst version that wrote it."
+            )
+            raise ValueError(msg)
+        try:
+            config = HyperSTConfig.from_dict(meta["config"])
+            genes = [str(g) for g in meta["genes"]]
+            module = HyperSTModule(int(meta["n_features"]), len(genes), config.module)
+        except (KeyError, TypeError, ValueError) as err:
+            msg = f"`{cfg_file}` does not describe a valid model: {err}"
+            raise ValueError(msg) from err
+        module.load_state_dict(_read_state(path, _WEIGHTS, meta.get("weights_sha256")))
+        module.eval()
+        enc_state = _read_state(path, _ENCODER, meta.get("encoder_sha256")) if (path / _ENCODER).exists() else None
+        return cls(
+            module=module,
+            config=config,
+            genes=genes,
+            encoder=meta.get("encoder", {}),
+            training=meta.get("training", {}),
+            history=meta.get("history", []),
+            encoder_state=enc_state,
+            encoder_module=encoder,
+        )
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the module weights (provenance in ``uns``)."""
+        h = hashlib.sha256()
+        for k, v in sorted(self.module.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, torch.Tensor]:
+    file = path / name
+    legacy = path / _LEGACY_WEIGHTS
+    if file.exists():
+        if expected_sha is not None and _sha256(file) != expected_sha:
+            msg = f"`{file}` does not match the checksum in `{_CONFIG}`: the file is truncated or was modified."
+            raise ValueError(msg)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file))
+        except (SafetensorError, OSError, ValueError) as err:
+            msg = f"`{file}` is not a readable safetensors file ({err})."
+            raise ValueError(msg) from err
+    if name == _WEIGHTS and legacy.exists():
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError subclasses for refused payloads
+            msg = f"Refusing `{legacy}`: it is not a plain state dict of tensors ({type(err).__name__})."
+            raise ValueError(msg) from err
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            msg = f"Refusing `{legacy}`: expected a dict of tensors."
+            raise ValueError(msg)
+        return state
+    msg = f"No weights in `{path}`: `{name}` not found."
+    raise FileNotFoundError(msg)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    msg = f"Cannot store {type(obj).__name__} in config.json"
+    raise TypeError(msg)

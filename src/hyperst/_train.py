@@ -1,0 +1,206 @@
+"""The one training loop, on PyTorch Lightning: AdamW, validation by slide, early stopping, best weights."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ._settings import settings
+from ._utils import quiet_loggers
+
+if TYPE_CHECKING:
+    from ._config import HyperSTConfig
+    from .nn import HyperSTModule
+
+__all__ = ["TrainArrays", "train"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainArrays:
+    """Everything a training or validation split needs, as arrays (rows are spots)."""
+
+    spot: np.ndarray  # (N, V, F) spot image features, V dihedral views
+    niche: np.ndarray  # (N, V, F)
+    spot_gene: np.ndarray  # (N, G) gene input of the spot
+    niche_gene: np.ndarray  # (N, G) gene input of the niche
+    target: np.ndarray  # (N, G)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+
+class _SpotDataset(Dataset):
+    """Rows of :class:`TrainArrays`; the dihedral view of each row is redrawn every epoch (training only)."""
+
+    def __init__(self, arrays: TrainArrays, *, augment: bool, seed: int) -> None:
+        self.a = arrays
+        self.augment = augment
+        self.seed = seed
+        self.views = np.zeros(len(arrays), dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.augment and self.a.spot.shape[1] > 1:
+            rng = np.random.default_rng((self.seed, epoch))
+            self.views = rng.integers(0, self.a.spot.shape[1], len(self.a))
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        v = self.views[i]
+        a = self.a
+        return (
+            torch.from_numpy(a.spot[i, v]),
+            torch.from_numpy(a.niche[i, v]),
+            torch.from_numpy(a.spot_gene[i]),
+            torch.from_numpy(a.niche_gene[i]),
+            torch.from_numpy(a.target[i]),
+        )
+
+
+class _LitHyperST(L.LightningModule):
+    def __init__(self, module: HyperSTModule, config: HyperSTConfig) -> None:
+        super().__init__()
+        self.module = module
+        self.cfg = config
+
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        spot, niche, spot_gene, niche_gene, target = batch
+        out = self.module(spot, niche, spot_gene, niche_gene)
+        loss = self.module.loss(out, target)
+        bs = len(target)
+        self.log(
+            f"{stage}_loss",
+            loss.total,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=bs,
+            sync_dist=stage == "val",
+        )
+        for name, value in loss.terms.items():
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage == "val")
+        return loss.total
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            msg = (
+                f"The training loss became {loss.item()} at epoch {self.current_epoch}. Likely causes: a learning "
+                "rate too high for this encoder (try `lr=1e-5`), non-finite features or counts, or fp16 overflow "
+                "(try `precision='32-true'`)."
+            )
+            raise FloatingPointError(msg)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.module.clamp_parameters_()
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+class _Recorder(L.Callback):
+    """Keep the per-epoch metrics and the weights of the best epoch (in memory, nothing on disk)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+        self.history: list[dict[str, float]] = []
+        self.best = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
+        row = {"epoch": trainer.current_epoch, **metrics}
+        self.history.append(row)
+        value = metrics.get(self.monitor, math.inf)
+        if value < self.best:
+            self.best, self.best_epoch = value, trainer.current_epoch
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+
+
+def _loader(arrays: TrainArrays, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
+    ds = _SpotDataset(arrays, augment=train, seed=cfg.random_state)
+    gen = torch.Generator().manual_seed(cfg.random_state)
+    bs = min(cfg.batch_size, len(ds))
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=train,
+        drop_last=train and len(ds) > bs,
+        generator=gen,
+        num_workers=settings.num_workers,
+    )
+
+
+def train(
+    module: HyperSTModule,
+    train_arrays: TrainArrays,
+    val_arrays: TrainArrays | None,
+    config: HyperSTConfig,
+    *,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+) -> tuple[list[dict[str, float]], int]:
+    """Train ``module`` in place and restore the weights of the best epoch.
+
+    Returns
+    -------
+    The per-epoch history and the best epoch.
+    """
+    with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
+        L.seed_everything(config.random_state, workers=True, verbose=False)
+        lit = _LitHyperST(module, config)
+        monitor = "val_loss" if val_arrays is not None else "train_loss"
+        recorder = _Recorder(monitor)
+        callbacks = [recorder, L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min")]
+        if precision is None:
+            precision = (
+                "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
+            )
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=num_nodes,
+            strategy=strategy,
+            precision=precision,
+            max_epochs=config.max_epochs,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=settings.progress_bar,
+            num_sanity_val_steps=0,
+            deterministic="warn",
+            log_every_n_steps=1,
+        )
+        val_loader = _loader(val_arrays, config, train=False) if val_arrays is not None else None
+        trainer.fit(lit, _loader(train_arrays, config, train=True), val_loader)
+    if recorder.best_state is not None:
+        module.load_state_dict(recorder.best_state)
+    module.cpu().eval()
+    logger.info(
+        "Trained %d epochs; best epoch %d (%s %.4f)", len(recorder.history), recorder.best_epoch, monitor, recorder.best
+    )
+    return recorder.history, recorder.best_epoch

@@ -1,0 +1,179 @@
+"""Image features of every spot's spot and niche patches, for all dihedral views, cached on disk.
+
+The cache is a zarr group per (slide, encoder, patch geometry, views), under ``settings.cache_dir/features``
+unless another folder is given; later fits and predictions on the same slide reuse it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .._data import PatchGeometry, PatchReader, dihedral
+from .._settings import settings
+
+if TYPE_CHECKING:
+    import torch
+    from spatialdata import SpatialData
+
+    from .._data import SlideLayout
+
+__all__ = ["FeatureExtractor", "extract_features", "make_extractor"]
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the meaning of cached features changes, so stale caches are not reused.
+_CACHE_VERSION = 1
+
+
+@dataclass
+class FeatureExtractor:
+    """Turns ``(B, 3, H, W)`` uint8 patches into ``(B, F)`` float32 features."""
+
+    name: str
+    spec: dict[str, Any]
+    n_features: int
+    fingerprint: str
+    #: Features do not change under the 8 dihedral transforms, so one view is computed and repeated.
+    invariant: bool
+    module: torch.nn.Module | None = None
+    device: str = "cpu"
+
+    def __call__(self, patches: np.ndarray) -> np.ndarray:
+        """Compute features of a batch of patches."""
+        if self.module is None:
+            from .._data._handcrafted import handcrafted_features
+
+            return handcrafted_features(patches).astype(np.float32)
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
+            return self.module(x).float().cpu().numpy()
+
+
+def _state_fingerprint(module: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def make_extractor(
+    encoder: str | torch.nn.Module, *, weights: str | None = "DEFAULT", device: str = "cpu"
+) -> FeatureExtractor:
+    """Build the feature extractor for ``encoder`` (a registry name, ``"squidpy"`` or an ``nn.Module``)."""
+    if isinstance(encoder, str) and encoder == "squidpy":
+        from .._data._handcrafted import handcrafted_feature_names
+
+        names = handcrafted_feature_names()
+        spec = {"name": "squidpy", "weights": None, "n_features": len(names)}
+        return FeatureExtractor("squidpy", spec, len(names), "squidpy-v1", invariant=True)
+    from ..nn import build_encoder
+
+    module = build_encoder(encoder, weights=weights)
+    module.freeze()
+    module.to(device)
+    return FeatureExtractor(
+        module.name, module.spec.to_dict(), module.n_features, _state_fingerprint(module), False, module, device
+    )
+
+
+def _slide_fingerprint(reader: PatchReader) -> str:
+    """Identify a slide by its geometry and the pixels of a few of its patches (cheap, reads 3 patches)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(reader.layout.centres_px, dtype=np.float64).tobytes())
+    h.update(repr(reader.layout.image_shape).encode())
+    n = len(reader)
+    probe = sorted({0, n // 2, n - 1})
+    spot, niche = reader.read(probe)
+    h.update(spot.tobytes())
+    h.update(niche.tobytes())
+    return h.hexdigest()[:20]
+
+
+def _cache_path(root: Path, reader: PatchReader, extractor: FeatureExtractor, views: int) -> Path:
+    key = {
+        "version": _CACHE_VERSION,
+        "slide": _slide_fingerprint(reader),
+        "encoder": extractor.fingerprint,
+        "sides_px": [round(s, 3) for s in reader.sides],
+        "out_px": reader.geometry.out_px,
+        "views": views,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return root / f"{extractor.name.replace('/', '_').replace(':', '_')}-{digest}.zarr"
+
+
+def extract_features(
+    sdata: SpatialData,
+    layout: SlideLayout,
+    extractor: FeatureExtractor,
+    *,
+    geometry: PatchGeometry,
+    views: int = 8,
+    batch_size: int = 32,
+    cache: bool | str | Path = True,
+    desc: str = "features",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spot and niche features of every spot of one slide, for ``views`` dihedral views.
+
+    Parameters
+    ----------
+    sdata, layout
+        The slide and its layout.
+    extractor
+        From :func:`make_extractor`.
+    geometry
+        Patch sizes.
+    views
+        Dihedral views per patch (1 to 8; view 0 is the identity).
+    batch_size
+        Spots per batch (memory is bounded by one batch).
+    cache
+        ``True``: the cache under ``hyperst.settings.cache_dir``; a path: that folder; ``False``: no cache.
+    desc
+        Progress-bar label.
+
+    Returns
+    -------
+    ``(N, views, F)`` float32 spot features and niche features, in table row order.
+    """
+    import zarr
+
+    reader = PatchReader(sdata, layout, geometry)
+    n, f = len(reader), extractor.n_features
+    path = None
+    if cache is not False:
+        root = Path(settings.cache_dir) / "features" if cache is True else Path(cache)
+        path = _cache_path(root, reader, extractor, views)
+        if (path / "zarr.json").exists():
+            group = zarr.open_group(str(path), mode="r")
+            if group.attrs.get("complete"):
+                logger.info("Reusing cached features `%s`", path)
+                return np.asarray(group["spot"]), np.asarray(group["niche"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+    spot_out = np.empty((n, views, f), dtype=np.float32)
+    niche_out = np.empty((n, views, f), dtype=np.float32)
+    for idx, spot, niche in reader.iter_batches(batch_size, desc=desc):
+        for v in range(views):
+            if v > 0 and extractor.invariant:
+                spot_out[idx, v] = spot_out[idx, 0]
+                niche_out[idx, v] = niche_out[idx, 0]
+                continue
+            spot_out[idx, v] = extractor(dihedral(spot, v))
+            niche_out[idx, v] = extractor(dihedral(niche, v))
+    if path is not None:
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("spot", data=spot_out)
+        group.create_array("niche", data=niche_out)
+        group.attrs.update({"encoder": extractor.spec, "views": views, "complete": True})
+        logger.info("Cached features in `%s`", path)
+    return spot_out, niche_out

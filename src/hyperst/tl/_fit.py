@@ -1,0 +1,285 @@
+"""``hst.tl.fit``: train HyperST on one or more slides."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .._config import HyperSTConfig
+from .._data._genes import select_hmhvg
+from .._docs import doc_params
+from .._model import HyperST
+from .._train import TrainArrays, train
+from .._validation import expected
+from ._prepare import SlideInput, load_slide, slide_features, slide_gene_arrays
+
+if TYPE_CHECKING:
+    import torch
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+__all__ = ["fit"]
+
+logger = logging.getLogger(__name__)
+
+
+def _as_list(sdata: Any) -> list[Any]:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    if isinstance(sdata, SpatialData | AnnData):
+        return [sdata]
+    if isinstance(sdata, Sequence) and not isinstance(sdata, str) and len(sdata) > 0:
+        return list(sdata)
+    msg = f"Expected `sdata` to be a SpatialData, an AnnData or a non-empty list of them, found `{sdata!r}`."
+    raise TypeError(msg)
+
+
+def _choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: str | None) -> list[str]:
+    if isinstance(genes, int) and not isinstance(genes, bool):
+        if genes < 1:
+            raise ValueError(expected("genes", "a positive integer or a list of gene names", genes))
+        return select_hmhvg([s.table for s in slides], genes, layer=layer)
+    if isinstance(genes, str) or not isinstance(genes, Sequence) or len(genes) == 0:
+        raise ValueError(expected("genes", "a positive integer or a non-empty list of gene names", genes))
+    names = [str(g) for g in genes]
+    if len(set(names)) != len(names):
+        msg = "Expected `genes` to hold distinct names, found duplicates."
+        raise ValueError(msg)
+    for s in slides:
+        missing = [g for g in names if g not in s.table.var_names]
+        if missing:
+            msg = (
+                f"{len(missing)} requested genes are missing from the table of slide `{s.name}` (e.g. "
+                f"{missing[:5]}). Use genes measured on every training slide."
+            )
+            raise KeyError(msg)
+    return names
+
+
+def _split(slides: list[SlideInput], rows: list[np.ndarray], cfg: HyperSTConfig) -> tuple[list, list]:
+    """(slide, rows) pairs for training and validation: by slide, or spatial blocks of a single slide."""
+    rng = np.random.default_rng(cfg.random_state)
+    if len(slides) > 1:
+        n_val = min(max(1, round(cfg.val_fraction * len(slides))), len(slides) - 1)
+        val_ids = set(rng.permutation(len(slides))[:n_val].tolist())
+        train_part = [(s, r) for i, (s, r) in enumerate(zip(slides, rows, strict=True)) if i not in val_ids]
+        val_part = [(s, r) for i, (s, r) in enumerate(zip(slides, rows, strict=True)) if i in val_ids]
+        return train_part, val_part
+    slide, r = slides[0], rows[0]
+    x = slide.layout.centres_px[r, 0]
+    cut = np.quantile(x, 1 - cfg.val_fraction)  # a contiguous vertical band: no neighbour leaks across
+    return [(slide, r[x < cut])], [(slide, r[x >= cut])]
+
+
+def _arrays(parts: list[tuple[SlideInput, np.ndarray]], genes_data: dict[str, tuple]) -> TrainArrays:
+    def cat(key: int | str) -> np.ndarray:
+        out = []
+        for s, r in parts:
+            src = getattr(s, key) if isinstance(key, str) else genes_data[s.name][key]
+            out.append(src[r])
+        return np.concatenate(out)
+
+    return TrainArrays(spot=cat("spot"), niche=cat("niche"), spot_gene=cat(0), niche_gene=cat(1), target=cat(2))
+
+
+def _pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    p = pred - pred.mean(0)
+    t = truth - truth.mean(0)
+    den = np.sqrt((p**2).sum(0) * (t**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (p * t).sum(0) / den
+    return np.where(den > 0, r, np.nan)
+
+
+@doc_params
+def fit(
+    sdata: SpatialData | AnnData | Sequence[SpatialData | AnnData],
+    *,
+    genes: int | Sequence[str] = 200,
+    encoder: str | torch.nn.Module = "resnet50",
+    weights: str | os.PathLike | None = "DEFAULT",
+    finetune: Literal["lora"] | None = None,
+    layer: str | None = None,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    config: HyperSTConfig | None = None,
+    cache: bool | str | os.PathLike = True,
+    feature_batch_size: int = 32,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str | None = None,
+    **kwargs: Any,
+) -> HyperST:
+    """Train a HyperST model on one or more slides with raw counts.
+
+    Spot and niche patches are encoded by a frozen image encoder, with the features of their 8 dihedral views
+    computed once and cached; the four streams (spot/niche x image/gene) are aligned in the Lorentz model of
+    hyperbolic space (contrastive and entailment-cone losses) while a decoder learns expression from the
+    spot + niche image features. Slides are never modified.
+
+    Parameters
+    ----------
+    {sdata}
+        A list trains on several slides; validation uses held-out slides.
+    genes
+        Number of genes to predict, chosen by the HMHVG rule on the training slides' raw counts, or a list
+        of gene names.
+    encoder
+        Image encoder: a torchvision backbone (``"resnet18"``, ``"resnet50"``, ``"densenet121"``,
+        ``"vit_b_16"``), ``"timm:<name>"`` / ``"hf-hub:<repo>"`` (e.g. UNI, with the ``timm`` extra),
+        ``"squidpy"`` (squidpy's hand-crafted features, weight-free) or any ``torch.nn.Module`` mapping
+        ``(B, 3, 224, 224)`` images to ``(B, F)`` features.
+    weights
+        Encoder weights: ``"DEFAULT"`` (downloaded by torchvision/timm), ``None`` (random) or a local file.
+    finetune
+        ``None`` keeps the encoder frozen (cached features); ``"lora"`` fine-tunes its last blocks.
+    layer
+        Layer of the tables holding raw counts (``None``: ``X``).
+    {table_key}
+    {image_key}
+    {shapes_key}
+    microns_per_pixel
+        Pixel size of the images; derived from the spot diameter when ``None``.
+    config
+        A :class:`hyperst.HyperSTConfig`; ``kwargs`` override its fields.
+    cache
+        Feature cache: ``True`` (under ``hyperst.settings.cache_dir``), a folder, or ``False``.
+    feature_batch_size
+        Spots per batch when computing features.
+    accelerator
+        Passed to :class:`lightning.pytorch.Trainer` (``"auto"``: GPU if present, else CPU).
+    devices
+        Passed to the Trainer.
+    num_nodes
+        Passed to the Trainer.
+    strategy
+        Passed to the Trainer (e.g. ``"ddp"``).
+    precision
+        Passed to the Trainer; ``None``: 16-bit mixed on GPU, 32-bit on CPU.
+    **kwargs
+        Fields of :class:`hyperst.HyperSTConfig` (``max_epochs``, ``lr``, ``views``, ``target``,
+        ``random_state``…) or of :class:`hyperst.nn.ModuleConfig` (``embed_dim``, ``geometry``,
+        ``entailment``…).
+
+    Returns
+    -------
+    The trained :class:`hyperst.HyperST`.
+
+    Examples
+    --------
+    >>> import hyperst as hst
+    >>> slides = hst.datasets.synthetic(n_slides=3, n_spots=300)
+    >>> model = hst.tl.fit(slides, genes=50, encoder="squidpy", max_epochs=5)  # doctest: +SKIP
+    """
+    import torch
+
+    cfg = HyperSTConfig.build(config, **kwargs)
+    if finetune is not None:
+        msg = (
+            "`finetune='lora'` is not available yet in this version of hyperst; use the frozen encoder "
+            "(`finetune=None`)."
+        )
+        raise NotImplementedError(msg)
+    inputs = _as_list(sdata)
+    slides = []
+    for i, data in enumerate(inputs):
+        slide = load_slide(
+            data, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
+        )
+        if any(s.name == slide.name for s in slides):
+            slide.name = f"{slide.name}_{i}"
+        slides.append(slide)
+    names = _choose_genes(slides, genes, layer)
+    logger.info("Training on %d slide(s), %d genes", len(slides), len(names))
+
+    from ..pp import niche_graph
+    from ._features import make_extractor
+
+    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    extractor = make_extractor(encoder, weights=weights, device=device)
+    genes_data, rows = {}, []
+    for s in slides:
+        conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
+        genes_data[s.name] = slide_gene_arrays(s, names, cfg, layer=layer, connectivities=conn)
+        keep = np.flatnonzero(genes_data[s.name][0].sum(1) > 0)  # spots with no count of any model gene
+        if len(keep) < len(s.layout.centres_px):
+            logger.info(
+                "Slide `%s`: %d spots without counts of the model genes are not used",
+                s.name,
+                len(s.layout.centres_px) - len(keep),
+            )
+        rows.append(keep)
+        slide_features(s, extractor, cfg, views=cfg.views, batch_size=feature_batch_size, cache=cache)
+    cfg = cfg.with_encoder_width(extractor.n_features)
+    train_part, val_part = _split(slides, rows, cfg)
+    train_arrays = _arrays(train_part, genes_data)
+    val_arrays = _arrays(val_part, genes_data) if val_part and sum(len(r) for _, r in val_part) > 1 else None
+
+    from ..nn import HyperSTModule
+
+    torch.manual_seed(cfg.random_state)
+    module = HyperSTModule(extractor.n_features, len(names), cfg.module)
+    feats = np.concatenate([train_arrays.spot[:, 0], train_arrays.niche[:, 0]])
+    module.set_input_stats(
+        torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(train_arrays.target.mean(0))
+    )
+    history, best_epoch = train(
+        module,
+        train_arrays,
+        val_arrays,
+        cfg,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        precision=precision,
+    )
+
+    val_pcc = None
+    if val_arrays is not None:
+        with torch.inference_mode():
+            pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
+        val_pcc = _pearson_per_gene(pred.numpy(), val_arrays.target)
+    store_encoder = extractor.module is not None and (
+        not isinstance(encoder, str) or weights is None or os.path.exists(str(weights))
+    )
+    training = {
+        "slides": [s.name for s in slides],
+        "validation_slides": sorted({s.name for s, _ in val_part}) if len(slides) > 1 else [],
+        "n_spots": {s.name: int(len(r)) for s, r in zip(slides, rows, strict=True)},
+        "microns_per_pixel": {s.name: float(s.layout.microns_per_pixel) for s in slides},
+        "technology": sorted({s.layout.technology for s in slides}),
+        "spot_side_um": cfg.spot_um,
+        "niche_side_um": {
+            s.name: float(
+                2 * (cfg.n_rings * s.layout.grid.pitch + s.layout.spot_diameter_px / 2) * s.layout.microns_per_pixel
+            )
+            if cfg.niche_um is None
+            else cfg.niche_um
+            for s in slides
+        },
+        "best_epoch": int(best_epoch),
+        "val_pcc": None if val_pcc is None else [None if np.isnan(v) else float(v) for v in val_pcc],
+        "val_mean_pcc": None if val_pcc is None else float(np.nanmean(val_pcc)),
+    }
+    return HyperST(
+        module=module,
+        config=cfg,
+        genes=names,
+        encoder=extractor.spec,
+        training=training,
+        history=history,
+        encoder_state=(
+            {k: v.detach().cpu().clone() for k, v in extractor.module.state_dict().items()} if store_encoder else None
+        ),
+        encoder_module=encoder if not isinstance(encoder, str) else None,
+    )

@@ -1,0 +1,287 @@
+"""``hst.tl.predict``: expression and hyperbolic embeddings for every spot of a slide, from its H&E alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .._constants import Keys
+from .._data._elements import OUTPUT_TABLE_FLAG
+from .._docs import doc_params
+from ._features import FeatureExtractor, extract_features, make_extractor
+from ._poincare import poincare_coordinates
+from ._prepare import geometry_from, load_slide, slide_gene_arrays
+
+if TYPE_CHECKING:
+    import torch
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    from .._model import HyperST
+
+__all__ = ["predict"]
+
+logger = logging.getLogger(__name__)
+
+
+def _extractor(model: HyperST) -> FeatureExtractor:
+    spec = model.encoder
+    name = spec.get("name")
+    if name == "squidpy":
+        ext = make_extractor("squidpy")
+    elif model.encoder_module is not None:
+        ext = make_extractor(model.encoder_module)
+    elif model.encoder_state is not None:
+        ext = make_extractor(name, weights=None)
+    elif spec.get("custom"):
+        msg = "This model was trained with a custom encoder module: pass it with `HyperST.load(path, encoder=...)`."
+        raise ValueError(msg)
+    else:
+        ext = make_extractor(name, weights=spec.get("weights"))
+    if ext.module is not None and model.encoder_state is not None:
+        from ._features import _state_fingerprint
+
+        ext.module.load_state_dict(model.encoder_state)
+        ext.fingerprint = _state_fingerprint(ext.module)
+    if ext.n_features != model.module.n_features:
+        msg = (
+            f"The encoder gives {ext.n_features} features but the model reads {model.module.n_features}: "
+            "the encoder does not match the one the model was trained with."
+        )
+        raise ValueError(msg)
+    return ext
+
+
+def _batched(fn: Any, *arrays: np.ndarray, batch: int = 512) -> list[dict[str, np.ndarray]]:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(arrays[0]), batch):
+            res = fn(*(torch.from_numpy(np.ascontiguousarray(a[start : start + batch])) for a in arrays))
+            out.append({k: v.float().numpy() for k, v in (res.items() if isinstance(res, dict) else [("y", res)])})
+    return out
+
+
+def _cat(parts: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
+    return np.concatenate([p[key] for p in parts])
+
+
+def _check_scale(model: HyperST, mpp: float) -> None:
+    trained = list(model.training.get("microns_per_pixel", {}).values())
+    if not trained:
+        return
+    lo, hi = min(trained), max(trained)
+    if mpp > 2 * hi or mpp < lo / 2:
+        warnings.warn(
+            f"This slide has {mpp:.3f} µm/px but the model was trained on {lo:.3f}-{hi:.3f} µm/px. Patches cover "
+            "the same micrometres, but at a different effective resolution; check `microns_per_pixel` or expect "
+            "less accurate predictions.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _lorentz(module: torch.nn.Module, space: np.ndarray) -> np.ndarray:
+    import torch
+
+    from ..lorentz import to_lorentz_full
+
+    with torch.inference_mode():
+        return to_lorentz_full(torch.from_numpy(space), module.curv.detach()).numpy().astype(np.float32)
+
+
+@doc_params
+def predict(
+    sdata: SpatialData | AnnData,
+    model: HyperST,
+    *,
+    key_added: str = "hyperst",
+    inplace: bool = True,
+    table_key: str | None = None,
+    image_key: str | None = None,
+    shapes_key: str | None = None,
+    microns_per_pixel: float | None = None,
+    layer: str | None = None,
+    views: int = 1,
+    batch_size: int = 32,
+    cache: bool | str | os.PathLike = True,
+) -> AnnData | None:
+    """Predict expression and hyperbolic embeddings for every spot, from the H&E image.
+
+    Counts are optional: with them, the gene-side embeddings are written too. Spots near the border are
+    padded, never dropped. A slide with no spots at all can be tiled first with :func:`hyperst.pp.tile`.
+
+    Parameters
+    ----------
+    {sdata}
+    model
+        A trained :class:`hyperst.HyperST`.
+    {key_added}
+    inplace
+        Write into ``sdata``; ``False`` returns the predictions table and leaves ``sdata`` untouched.
+    {table_key}
+    {image_key}
+    {shapes_key}
+    microns_per_pixel
+        Pixel size of the image; derived from the spot diameter when ``None``.
+    layer
+        Layer with raw counts for the gene embeddings (``None``: ``X``).
+    views
+        Dihedral views averaged per spot (test-time augmentation; 1: none).
+    batch_size
+        Spots per batch of patches.
+    cache
+        Feature cache: ``True``, a folder, or ``False``.
+
+    Returns
+    -------
+    With ``inplace=True``, ``None``, after writing to the spots' table:
+
+    - ``obsm['X_{{key_added}}']``, ``obsm['X_{{key_added}}_niche']``: spot and niche image embeddings,
+      Lorentz coordinates with the time component first, float32;
+    - ``obsm['X_{{key_added}}_gene']``, ``obsm['X_{{key_added}}_gene_niche']``: gene embeddings, when the
+      table holds counts of the model's genes;
+    - ``obsm['X_{{key_added}}_poincare']``, ``obs['{{key_added}}_radius']``: Poincaré-disk view and distance to
+      the origin;
+    - ``obsp['{{key_added}}_connectivities']``, ``obsp['{{key_added}}_distances']``: the niche graph;
+    - ``layers['{{key_added}}']``: predicted expression, same shape as ``X``, NaN for genes not predicted;
+      ``var['{{key_added}}_predicted']``;
+    - ``uns['{{key_added}}']``: provenance (version, model hash, genes, encoder, µm/px, patch sizes,
+      curvature);
+
+    and ``sdata.tables['{{key_added}}']``: the predictions as their own table (var = the model's genes),
+    annotating the same spots. With ``inplace=False``, that table (holding the embeddings too).
+    """
+    import anndata as ad
+    from anndata import AnnData
+    from spatialdata.models import TableModel
+
+    from .._model import HyperST
+    from ..pp import niche_graph
+
+    if not isinstance(model, HyperST):
+        msg = f"Expected `model` to be a hyperst.HyperST, found `{type(model).__name__}`."
+        raise TypeError(msg)
+    if not isinstance(views, int) or not 1 <= views <= 8:
+        msg = f"Expected `views` to be an integer from 1 to 8, found `{views!r}`."
+        raise ValueError(msg)
+    keys = Keys(key_added)
+    slide = load_slide(
+        sdata, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
+    )
+    el, table = slide.layout.elements, slide.table
+    _check_scale(model, slide.layout.microns_per_pixel)
+    module = model.module.cpu().eval()
+    cfg = model.config
+    extractor = _extractor(model)
+    spot, niche = extract_features(
+        slide.sdata,
+        slide.layout,
+        extractor,
+        geometry=geometry_from(cfg),
+        views=views,
+        batch_size=batch_size,
+        cache=cache,
+        desc="predict",
+    )
+    pred = np.mean([_cat(_batched(module.predict, spot[:, v], niche[:, v]), "y") for v in range(views)], axis=0)
+    conn, dist = niche_graph(slide.sdata, table_key=el.table_key, n_rings=cfg.n_rings, inplace=False)
+
+    obsm: dict[str, np.ndarray] = {}
+    hyperbolic = cfg.module.alignment and cfg.module.geometry == "lorentz"
+    curv = float(module.curv.detach()) if hyperbolic else None
+    if cfg.module.alignment:
+        gene_inputs = None
+        try:
+            gene_inputs = slide_gene_arrays(slide, model.genes, cfg, layer=layer, connectivities=conn)
+        except (KeyError, ValueError) as err:
+            logger.info("No gene embeddings: %s", err)
+        if gene_inputs is not None:
+            parts = _batched(module, spot[:, 0], niche[:, 0], gene_inputs[0], gene_inputs[1])
+            names = {
+                "spot_image": keys.embedding,
+                "niche_image": keys.embedding_niche,
+                "spot_gene": keys.embedding_gene,
+                "niche_gene": keys.embedding_gene_niche,
+            }
+        else:
+            parts = _batched(module.embed, spot[:, 0], niche[:, 0])
+            names = {"spot_image": keys.embedding, "niche_image": keys.embedding_niche}
+        for stream, key in names.items():
+            space = _cat(parts, stream)
+            obsm[key] = _lorentz(module, space) if hyperbolic else space.astype(np.float32)
+    obs_extra = {}
+    if hyperbolic:
+        disk, radius = poincare_coordinates(obsm[keys.embedding], curv)
+        obsm[keys.poincare] = disk
+        obs_extra[keys.radius] = radius
+
+    provenance = {
+        "version": _version(),
+        "model_hash": model.fingerprint(),
+        "genes": list(model.genes),
+        "encoder": {k: v for k, v in model.encoder.items() if v is not None},
+        "microns_per_pixel": float(slide.layout.microns_per_pixel),
+        "scale_source": slide.layout.scale_source,
+        "spot_patch_um": float(cfg.spot_um),
+        "niche_patch_um": float(geometry_from(cfg).sides_px(slide.layout)[1] * slide.layout.microns_per_pixel),
+        "geometry": cfg.module.geometry,
+        "target": cfg.target,
+        "views": views,
+    }
+    if curv is not None:
+        provenance["curvature"] = curv
+    provenance = json.loads(json.dumps(provenance, default=list))  # tuples -> lists: zarr-safe
+
+    obs = pd.DataFrame(index=table.obs_names.copy())
+    for col in (el.region_key, el.instance_key):
+        obs[col] = table.obs[col].to_numpy()
+    for k, v in obs_extra.items():
+        obs[k] = v
+    result = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
+    for k, v in obsm.items():
+        result.obsm[k] = v
+    result.obsp[keys.connectivities], result.obsp[keys.distances] = conn, dist
+    result.uns[keys.uns] = provenance
+    result.uns[OUTPUT_TABLE_FLAG] = True
+    result = TableModel.parse(result, region=el.shapes_key, region_key=el.region_key, instance_key=el.instance_key)
+    if not inplace:
+        return result
+
+    target = sdata if isinstance(sdata, AnnData) else table
+    for k, v in obsm.items():
+        target.obsm[k] = v
+    for k, v in obs_extra.items():
+        target.obs[k] = v
+    target.obsp[keys.connectivities], target.obsp[keys.distances] = conn, dist
+    if target.n_vars:
+        full = np.full(target.shape, np.nan, dtype=np.float32)
+        cols = target.var_names.get_indexer(model.genes)
+        present = cols >= 0
+        full[:, cols[present]] = pred[:, present]
+        target.layers[keys.layer] = full
+        target.var[keys.predicted] = np.isin(np.arange(target.n_vars), cols[present])
+    target.uns[keys.uns] = provenance
+    if not isinstance(sdata, AnnData):
+        sdata.tables[keys.table] = result
+    logger.info(
+        "Adding predictions for %d spots x %d genes (`layers[%r]`, `tables[%r]`) and embeddings",
+        len(pred),
+        len(model.genes),
+        keys.layer,
+        keys.table,
+    )
+    return None
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

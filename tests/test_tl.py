@@ -1,0 +1,148 @@
+"""`hst.tl.fit` / `hst.tl.predict` / `hst.tl.poincare` on synthetic slides (keys, geometry, reproducibility)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import hyperst as hst
+from hyperst import lorentz
+
+FIT = {"genes": 30, "encoder": "squidpy", "max_epochs": 12, "batch_size": 64, "embed_dim": 64, "random_state": 0}
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(scope="session")
+def slides():
+    return hst.datasets.synthetic(n_slides=3, n_spots=200, n_genes=80, seed=1)
+
+
+@pytest.fixture(scope="session")
+def model(slides, feature_cache):
+    return hst.tl.fit(slides[:2], cache=feature_cache, **FIT)
+
+
+@pytest.fixture
+def test_slide(slides):
+    return copy.deepcopy(slides[2])
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    with np.errstate(invalid="ignore"):
+        return (a * b).sum(0) / np.sqrt((a**2).sum(0) * (b**2).sum(0))
+
+
+def test_fit_returns_a_trained_model(model, slides):
+    assert isinstance(model, hst.HyperST)
+    assert len(model.genes) == 30
+    assert model.config.module.embed_dim == 64
+    assert 0.1 <= model.curvature <= 10
+    assert len(model.history) >= 1 and "val_loss" in model.history[0] and "train_mse" in model.history[0]
+    assert model.training["validation_slides"] and len(model.training["val_pcc"]) == 30
+    assert model.training["technology"] == ["visium"]
+    assert model.training["microns_per_pixel"]["synthetic_0"] == pytest.approx(1.0)
+    # slides are not modified by fitting
+    assert "hyperst_connectivities" not in slides[0].tables["table"].obsp
+    assert "hyperst" not in slides[0].tables
+
+
+def test_predict_writes_every_documented_key(model, test_slide, feature_cache):
+    hst.tl.predict(test_slide, model, cache=feature_cache)
+    table = test_slide.tables["table"]
+    n = table.n_obs
+    e = model.config.module.embed_dim
+    for key in ("X_hyperst", "X_hyperst_niche", "X_hyperst_gene", "X_hyperst_gene_niche"):
+        assert table.obsm[key].shape == (n, e + 1) and table.obsm[key].dtype == np.float32
+    assert table.obsm["X_hyperst_poincare"].shape == (n, 2)
+    assert (np.linalg.norm(table.obsm["X_hyperst_poincare"], axis=1) < 1).all()
+    assert (table.obs["hyperst_radius"] > 0).all()
+    assert table.obsp["hyperst_connectivities"].shape == (n, n)
+    layer = table.layers["hyperst"]
+    assert layer.shape == table.shape
+    predicted = table.var["hyperst_predicted"].to_numpy()
+    assert predicted.sum() == 30
+    assert np.isnan(layer[:, ~predicted]).all() and np.isfinite(layer[:, predicted]).all()
+    prov = table.uns["hyperst"]
+    assert prov["genes"] == model.genes and prov["curvature"] == pytest.approx(model.curvature)
+    assert prov["microns_per_pixel"] == pytest.approx(1.0) and prov["spot_patch_um"] == 112
+    pred_table = test_slide.tables["hyperst"]
+    assert list(pred_table.var_names) == model.genes
+    np.testing.assert_allclose(pred_table.X, layer[:, table.var_names.get_indexer(model.genes)])
+    # the prediction table annotates the same spots
+    assert pred_table.uns["spatialdata_attrs"]["region"] == "synthetic_2"
+
+
+def test_embeddings_lie_on_the_hyperboloid(model, test_slide, feature_cache):
+    hst.tl.predict(test_slide, model, cache=feature_cache)
+    table = test_slide.tables["table"]
+    for key in ("X_hyperst", "X_hyperst_niche", "X_hyperst_gene", "X_hyperst_gene_niche"):
+        x = torch.from_numpy(table.obsm[key]).double()
+        residual = lorentz.hyperboloid_residual(x, model.curvature)
+        assert residual.abs().max() < 1e-4 * (1 + x[:, 0].max() ** 2)
+    radius = lorentz.dist0(torch.from_numpy(table.obsm["X_hyperst"][:, 1:]).double(), model.curvature)
+    np.testing.assert_allclose(table.obs["hyperst_radius"], radius.numpy(), rtol=1e-4)
+
+
+def test_predictions_follow_the_measured_counts(model, test_slide, feature_cache):
+    hst.tl.predict(test_slide, model, cache=feature_cache)
+    table = test_slide.tables["table"]
+    truth = np.log2(1 + table[:, model.genes].X.toarray())
+    pcc = _pcc(test_slide.tables["hyperst"].X, truth)
+    assert np.nanmean(pcc) > 0.3
+
+
+def test_inplace_false_leaves_the_input_untouched(model, test_slide, feature_cache):
+    before = test_slide.tables["table"].copy()
+    tables_before = set(test_slide.tables)
+    result = hst.tl.predict(test_slide, model, inplace=False, cache=feature_cache)
+    assert set(test_slide.tables) == tables_before
+    after = test_slide.tables["table"]
+    assert set(after.obsm) == set(before.obsm) and set(after.layers) == set(before.layers)
+    assert set(after.obs.columns) == set(before.obs.columns) and set(after.uns) == set(before.uns)
+    assert result.shape == (before.n_obs, 30)
+    assert "X_hyperst" in result.obsm and "hyperst_radius" in result.obs
+
+
+def test_predict_without_counts_and_key_added(model, test_slide):
+    table = test_slide.tables["table"]
+    table.X = table.X.toarray() * 0.5 + 0.25  # not counts any more: gene embeddings are skipped, images still work
+    hst.tl.predict(test_slide, model, key_added="hst2", cache=False)
+    assert "X_hst2" in table.obsm and "X_hst2_gene" not in table.obsm
+    assert "hst2" in table.layers and "hst2" in test_slide.tables
+
+
+def test_cpu_fit_is_reproducible(slides, feature_cache, model):
+    again = hst.tl.fit(slides[:2], cache=feature_cache, **FIT)
+    for (k, a), b in zip(model.module.state_dict().items(), again.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_poincare_tool(model, test_slide, feature_cache):
+    hst.tl.predict(test_slide, model, cache=feature_cache)
+    table = test_slide.tables["table"]
+    disk, radius = hst.tl.poincare(test_slide, inplace=False)
+    np.testing.assert_allclose(disk, table.obsm["X_hyperst_poincare"], atol=1e-6)
+    # the disk radius is a monotone function of the geodesic radius
+    order = np.argsort(radius)
+    assert np.all(np.diff(np.linalg.norm(disk, axis=1)[order]) >= -1e-6)
+    with pytest.raises(KeyError, match=r"Run `hyperst.tl.predict` first"):
+        hst.tl.poincare(test_slide, basis="other")
+
+
+def test_fit_arguments_are_checked(slides):
+    with pytest.raises(TypeError, match="Unknown option"):
+        hst.tl.fit(slides[:2], encoder="squidpy", max_epoch=3)
+    with pytest.raises(ValueError, match="Expected `views` to be an integer from 1 to 8"):
+        hst.tl.fit(slides[:2], encoder="squidpy", views=9)
+    with pytest.raises(KeyError, match="requested genes are missing"):
+        hst.tl.fit(slides[:2], encoder="squidpy", genes=["SYN0001", "NOPE"])
+    with pytest.raises(TypeError, match="non-empty list"):
+        hst.tl.fit([], encoder="squidpy")
