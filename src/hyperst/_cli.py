@@ -10,46 +10,74 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _pcc(pred: object, truth: object) -> object:
+    import numpy as np
+
+    p, t = pred - pred.mean(0), truth - truth.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (p * t).sum(0) / np.sqrt((p**2).sum(0) * (t**2).sum(0))
+
+
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import hyperst as hst
     from hyperst._data import PatchReader, slide_layout
 
+    if args.n_slides < 2:
+        msg = f"Expected `n_slides` to be at least 2 (train and held-out), found `{args.n_slides}`."
+        raise ValueError(msg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     slides = hst.datasets.synthetic(n_slides=args.n_slides, n_spots=args.n_spots, seed=args.seed)
-    t_build = time.perf_counter() - t0
-    print(f"Built {len(slides)} synthetic Visium-like slides in {t_build:.1f} s (seed {args.seed}).")
-    header = f"{'slide':<14}{'spots':>7}{'genes':>7}{'grid':>8}{'µm/px':>8}{'niche deg':>10}{'spot px':>9}"
-    header += f"{'niche px':>9}{'spots/s':>9}"
-    print(header)
+    print(f"Built {len(slides)} synthetic Visium-like slides in {time.perf_counter() - t0:.1f} s (seed {args.seed}).")
+    print(f"{'slide':<14}{'spots':>7}{'genes':>7}{'grid':>8}{'µm/px':>8}{'niche deg':>10}{'spot px':>9}{'niche px':>9}")
     montage = []
     for sdata in slides:
         layout = slide_layout(sdata)
-        hst.pp.niche_graph(sdata)
-        table = sdata.tables[layout.elements.table_key]
-        deg = np.asarray(table.obsp["hyperst_connectivities"].sum(1)).ravel()
+        conn, _ = hst.pp.niche_graph(sdata, inplace=False)
+        deg = np.asarray(conn.sum(1)).ravel()
         reader = PatchReader(sdata, layout)
-        t1 = time.perf_counter()
-        n = 0
-        for _, spot, niche in reader.iter_batches(args.batch_size, desc=layout.elements.shapes_key):
-            n += len(spot)
-            if len(montage) < 4:
-                montage.append(np.concatenate([spot[0], niche[0]], axis=2))
-        rate = n / (time.perf_counter() - t1)
+        if len(montage) < 4:
+            spot, niche = reader.read([0, len(reader) // 2])
+            montage += [np.concatenate([spot[i], niche[i]], axis=2) for i in range(2)]
+        table = sdata.tables[layout.elements.table_key]
         spot_px, niche_px = reader.sides
         print(
             f"{layout.elements.shapes_key:<14}{table.n_obs:>7}{table.n_vars:>7}{layout.grid.kind:>8}"
-            f"{layout.microns_per_pixel:>8.2f}{np.median(deg):>10.0f}{spot_px:>9.0f}{niche_px:>9.0f}{rate:>9.0f}"
+            f"{layout.microns_per_pixel:>8.2f}{np.median(deg):>10.0f}{spot_px:>9.0f}{niche_px:>9.0f}"
         )
     from PIL import Image
 
-    grid = np.concatenate(montage, axis=1).transpose(1, 2, 0)
-    Image.fromarray(grid).save(out / "patches.png")
-    print(f"Spot | niche patches of the first spots: {out / 'patches.png'}")
-    print(f"Done in {time.perf_counter() - t0:.1f} s.")
+    Image.fromarray(np.concatenate(montage, axis=1).transpose(1, 2, 0)).save(out / "patches.png")
+    train, test = slides[:-1], slides[-1]
+    t1 = time.perf_counter()
+    model = hst.tl.fit(
+        train,
+        genes=args.genes,
+        encoder=args.encoder,
+        weights=None,
+        max_epochs=args.max_epochs,
+        random_state=args.seed,
+        cache=out / "features",
+    )
+    t_fit = time.perf_counter() - t1
+    print(f"Fitted {model!r} in {t_fit:.0f} s on {len(train)} slides.")
+    t1 = time.perf_counter()
+    hst.tl.predict(test, model, cache=out / "features")
+    t_pred = time.perf_counter() - t1
+    table = test.tables["table"]
+    truth = np.log2(1 + table[:, model.genes].X.toarray())
+    pcc = _pcc(test.tables["hyperst"].X, truth)
+    best = np.sort(np.nan_to_num(pcc, nan=-1))[::-1]
+    print(
+        f"Predicted held-out slide {test.tables['hyperst'].uns['spatialdata_attrs']['region']} in {t_pred:.0f} s: "
+        f"mean PCC {np.nanmean(pcc):.3f}, PCC@10 {best[:10].mean():.3f} over {len(model.genes)} genes."
+    )
+    model.save(out / "model")
+    print(f"Wrote {out / 'patches.png'} (spot | niche patches) and the model to {out / 'model'}.")
+    print(f"Done in {time.perf_counter() - t0:.0f} s.")
     return 0
 
 
@@ -64,13 +92,22 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the embedded default on synthetic slides",
-        description="Build synthetic Visium-like slides, their niche graphs and spot/niche patches; write a "
-        "montage of patches to the output folder.",
+        description="Build synthetic Visium-like slides, fit HyperST on all but the last, predict the held-out "
+        "slide from its H&E, and write a patch montage, the feature cache and the model to the output folder.",
     )
     demo.add_argument("--out", default="hyperst_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--n-slides", type=int, default=3, help="number of slides (default: %(default)s)")
     demo.add_argument("--n-spots", type=int, default=1000, help="spots per slide (default: %(default)s)")
-    demo.add_argument("--batch-size", type=int, default=64, help="patches per batch (default: %(default)s)")
+    demo.add_argument("--genes", type=int, default=100, help="genes to predict (default: %(default)s)")
+    demo.add_argument(
+        "--encoder", default="squidpy", help="image encoder, e.g. squidpy or resnet18 (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--weights",
+        default="none",
+        help="encoder weights: none (random, offline), DEFAULT (download) or a local file (default: %(default)s)",
+    )
+    demo.add_argument("--max-epochs", type=int, default=60, help="training epochs at most (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.set_defaults(func=_demo)
     return parser

@@ -205,6 +205,7 @@ def fit(
     from ._features import make_extractor
 
     device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
+    torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
     extractor = make_extractor(encoder, weights=weights, device=device)
     genes_data, rows = {}, []
     for s in slides:
