@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,39 +116,58 @@ class HyperST:
         path
             Target folder (created).
         overwrite
-            Replace an existing model folder.
+            Replace an existing model folder (an existing folder that holds something else is never replaced).
 
         Returns
         -------
         The folder written.
+
+        Raises
+        ------
+        FileExistsError
+            If ``path`` exists and ``overwrite`` is false, or ``path`` is neither empty nor a model folder.
         """
         from safetensors.torch import save_file
 
         path = Path(path)
-        if path.exists() and not overwrite:
-            msg = f"`{path}` exists. Pass `overwrite=True` or choose another folder."
-            raise FileExistsError(msg)
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                msg = f"`{path}` exists. Pass `overwrite=True` or choose another folder."
+                raise FileExistsError(msg)
+            if not _replaceable(path):
+                msg = (
+                    f"`{path}` is not a hyperst model folder (no `{_CONFIG}` with `format: {FORMAT!r}`) and not "
+                    "empty; it is left untouched. Choose another folder."
+                )
+                raise FileExistsError(msg)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = path.with_name(f".{path.name}.tmp-{token}")
+        tmp.mkdir()  # not mkdtemp: the folder keeps the user's umask (mkdtemp makes it private, 0o700)
+        old = None
         try:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
             save_file(state, str(tmp / _WEIGHTS))
             meta = self._metadata()
             meta["weights_sha256"] = _sha256(tmp / _WEIGHTS)
             if self.encoder_state is not None:
-                save_file({k: v.contiguous() for k, v in self.encoder_state.items()}, str(tmp / _ENCODER))
+                enc = {k: v.detach().cpu().contiguous() for k, v in self.encoder_state.items()}
+                save_file(enc, str(tmp / _ENCODER))
                 meta["encoder_sha256"] = _sha256(tmp / _ENCODER)
             (tmp / _CONFIG).write_text(json.dumps(meta, indent=1, default=_json_default))
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            if path.exists() or path.is_symlink():
+                old = path.with_name(f".{path.name}.old-{token}")
                 os.replace(path, old)
             os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
+            if old is not None and not (path.exists() or path.is_symlink()):
+                os.replace(old, path)  # the new model never arrived: put the previous one back
+                old = None
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            if old is not None:
+                _remove(old)
         logger.info("Saved model to `%s`", path)
         return path
 
@@ -177,7 +196,8 @@ class HyperST:
         path = Path(path)
         cfg_file = path / _CONFIG
         if not cfg_file.is_file():
-            msg = f"No hyperst model at `{path}`: `{_CONFIG}` not found."
+            why = "the folder does not exist" if not path.exists() else f"`{_CONFIG}` not found"
+            msg = f"No hyperst model at `{path}`: {why}."
             raise FileNotFoundError(msg)
         try:
             meta = json.loads(cfg_file.read_text())
@@ -201,9 +221,16 @@ class HyperST:
         except (KeyError, TypeError, ValueError) as err:
             msg = f"`{cfg_file}` does not describe a valid model: {err}"
             raise ValueError(msg) from err
-        module.load_state_dict(_read_state(path, _WEIGHTS, meta.get("weights_sha256")))
+        state = _read_state(path, _WEIGHTS, meta.get("weights_sha256"))
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            msg = f"The weights in `{path}` do not fit the architecture described in `{_CONFIG}`: {err}"
+            raise ValueError(msg) from err
         module.eval()
-        enc_state = _read_state(path, _ENCODER, meta.get("encoder_sha256")) if (path / _ENCODER).exists() else None
+        # a recorded encoder file is required: without it a random-weight encoder would be silently redrawn
+        has_encoder = meta.get("encoder_sha256") is not None or (path / _ENCODER).exists()
+        enc_state = _read_state(path, _ENCODER, meta.get("encoder_sha256")) if has_encoder else None
         return cls(
             module=module,
             config=config,
@@ -222,6 +249,26 @@ class HyperST:
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether ``save`` may replace ``path``: an empty folder or a hyperst model folder."""
+    if not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    try:
+        meta = json.loads((path / _CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _sha256(file: Path) -> str:
@@ -247,7 +294,7 @@ def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, to
         except (SafetensorError, OSError, ValueError) as err:
             msg = f"`{file}` is not a readable safetensors file ({err})."
             raise ValueError(msg) from err
-    if name == _WEIGHTS and legacy.exists():
+    if name == _WEIGHTS and legacy.exists() and expected_sha is None:  # a checksummed file is not swapped
         try:
             state = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError subclasses for refused payloads

@@ -33,14 +33,25 @@ logger = logging.getLogger(__name__)
 def _extractor(model: HyperST) -> FeatureExtractor:
     spec = model.encoder
     name = spec.get("name")
+    custom = bool(spec.get("custom")) or str(name).startswith("custom:")
     if name == "squidpy":
         ext = make_extractor("squidpy")
     elif model.encoder_module is not None:
         ext = make_extractor(model.encoder_module)
+    elif custom:  # stored weights alone cannot rebuild a user's architecture
+        msg = (
+            f"This model was trained with a custom encoder module (`{name}`): pass it with "
+            "`HyperST.load(path, encoder=...)`."
+        )
+        raise ValueError(msg)
     elif model.encoder_state is not None:
         ext = make_extractor(name, weights=None)
-    elif spec.get("custom"):
-        msg = "This model was trained with a custom encoder module: pass it with `HyperST.load(path, encoder=...)`."
+    elif spec.get("weights") is None:
+        msg = (
+            f"This model's `{name}` encoder had random weights that are not stored with it (`encoder_state` is "
+            "None), so its features cannot be reproduced. Load the model from a folder that holds "
+            "`encoder.safetensors`, or refit it."
+        )
         raise ValueError(msg)
     else:
         ext = make_extractor(name, weights=spec.get("weights"))
