@@ -427,3 +427,10 @@ def test_write_read_zarr_round_trip(tmp_path) -> None:
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         synthetic(**kwargs)
+
+
+def test_every_subdomain_has_a_texture():
+    from hyperst.datasets._synthetic_image import TEXTURES
+    from hyperst.datasets._synthetic_tissue import SUBDOMAINS
+
+    assert all(v.size == len(SUBDOMAINS) for v in TEXTURES.values())

@@ -55,7 +55,6 @@ TEXTURES: dict[str, np.ndarray] = dict(
         strict=True,
     )
 )
-assert all(v.size == len(SUBDOMAINS) for v in TEXTURES.values())
 
 _H = np.array([0.65, 0.70, 0.29])  # haematoxylin optical-density direction (R, G, B)
 _E = np.array([0.15, 0.90, 0.40])  # eosin
