@@ -1,5 +1,6 @@
-"""Preprocessing: the niche graph of the spots."""
+"""Preprocessing: the niche graph of the spots, virtual spots over the tissue of an H&E image."""
 
 from ._niche import niche_graph
+from ._tile import tile
 
-__all__ = ["niche_graph"]
+__all__ = ["niche_graph", "tile"]
