@@ -146,3 +146,21 @@ def test_fit_arguments_are_checked(slides):
         hst.tl.fit(slides[:2], encoder="squidpy", genes=["SYN0001", "NOPE"])
     with pytest.raises(TypeError, match="non-empty list"):
         hst.tl.fit([], encoder="squidpy")
+
+
+def test_image_only_slide_is_tiled_and_predicted(model, slides):
+    """H&E alone: tile the tissue with virtual spots, then predict whole-slide expression maps."""
+    sdata = copy.deepcopy(slides[2])
+    del sdata.tables["table"]
+    del sdata.shapes["synthetic_2"]
+    hst.pp.tile(sdata, microns_per_pixel=1.0)
+    hst.tl.predict(sdata, model, table_key="hyperst_tiles", cache=False)
+    tiles = sdata.tables["hyperst_tiles"]
+    pred = sdata.tables["hyperst"]
+    assert pred.n_obs == tiles.n_obs > 100
+    assert list(pred.var_names) == model.genes and np.isfinite(pred.X).all()
+    assert tiles.obsm["X_hyperst"].shape == (tiles.n_obs, model.config.module.embed_dim + 1)
+    assert "X_hyperst_gene" not in tiles.obsm  # no counts on an image-only slide
+    assert "hyperst" not in tiles.layers  # a table without genes gets no layer; the predictions table has them
+    # tissue domains still show: predicted domain genes differ between the slide's domains
+    assert pred.X.std(0).mean() > 0.05
