@@ -51,6 +51,17 @@ class HyperSTConfig:
         single slide, this share of its spots (spatially contiguous blocks).
     random_state
         Seed of weights, splits and view sampling; CPU runs are reproducible.
+    lora_blocks
+        With ``finetune="lora"``: number of encoder blocks, counted from the output, that get LoRA adapters.
+        The paper's 11 is for UNI's 24 transformer blocks; ``resnet18`` has only 8 blocks, so lower it there
+        (``resnet50`` has 16, ``vit_b_16`` 12, ``densenet121`` 58). ``0`` keeps the encoder frozen but still
+        reads patches on the fly.
+    lora_r
+        Rank of the LoRA adapters.
+    lora_alpha
+        LoRA scaling numerator (updates are scaled by ``lora_alpha / lora_r``).
+    lora_dropout
+        Dropout on the LoRA adapters' input, in ``[0, 1)``.
     """
 
     module: ModuleConfig = field(default_factory=lambda: ModuleConfig(embed_dim=1024))
@@ -68,6 +79,10 @@ class HyperSTConfig:
     patience: int = 10
     val_fraction: float = 0.1
     random_state: int = 0
+    lora_blocks: int = 11
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         if isinstance(self.module, dict):
@@ -94,6 +109,13 @@ class HyperSTConfig:
         check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", ">= 0")
         check(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction", "in (0, 1)")
         check(isinstance(self.random_state, int), "random_state", "an integer")
+        nonneg = isinstance(self.lora_blocks, int) and not isinstance(self.lora_blocks, bool) and self.lora_blocks >= 0
+        check(nonneg, "lora_blocks", "an integer >= 0")
+        for name in ("lora_r", "lora_alpha"):
+            check(posint(getattr(self, name)), name, "a positive integer")
+        dropout = self.lora_dropout
+        ok = isinstance(dropout, int | float) and not isinstance(dropout, bool) and 0 <= dropout < 1
+        check(ok, "lora_dropout", "a number in [0, 1)")
         if problems:
             msg = "Invalid HyperSTConfig:\n" + "\n".join(f"  - {p}" for p in problems)
             raise ValueError(msg)

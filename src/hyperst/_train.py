@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from ._utils import quiet_loggers
 
 if TYPE_CHECKING:
     from ._config import HyperSTConfig
-    from .nn import HyperSTModule
+    from .nn import HyperSTModule, ImageEncoder
 
 __all__ = ["TrainArrays", "train"]
 
@@ -47,6 +47,7 @@ class _SpotDataset(Dataset):
         self.augment = augment
         self.seed = seed
         self.views = np.zeros(len(arrays), dtype=np.int64)
+        self.set_epoch(0)  # the loader may fetch the first batch before the epoch-start hook runs
 
     def set_epoch(self, epoch: int) -> None:
         if self.augment and self.a.spot.shape[1] > 1:
@@ -69,13 +70,27 @@ class _SpotDataset(Dataset):
 
 
 class _LitHyperST(L.LightningModule):
+    """Train a :class:`HyperSTModule` on batches of precomputed image features."""
+
     def __init__(self, module: HyperSTModule, config: HyperSTConfig) -> None:
         super().__init__()
         self.module = module
         self.cfg = config
 
+    def _features(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Spot and niche image features, gene inputs and target of a batch."""
+        return batch
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copy (on CPU) of every weight that training changes."""
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a :meth:`snapshot`."""
+        self.module.load_state_dict(state)
+
     def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
-        spot, niche, spot_gene, niche_gene, target = batch
+        spot, niche, spot_gene, niche_gene, target = self._features(batch)
         out = self.module(spot, niche, spot_gene, niche_gene)
         loss = self.module.loss(out, target)
         bs = len(target)
@@ -113,8 +128,41 @@ class _LitHyperST(L.LightningModule):
         self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.module.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]  # the module's, then a LoRA encoder's
         return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+
+class _LitFinetune(_LitHyperST):
+    """Train a :class:`HyperSTModule` together with the LoRA adapters of the image encoder, on uint8 patches.
+
+    Batches hold ``(B, 3, P, P)`` spot and niche patches instead of features; the encoder (shared by spot and
+    niche, as in the paper) runs on both in one pass. Only its trainable parameters (the adapters) are
+    optimised and snapshotted; its batch-norm layers stay in eval mode (:meth:`ImageEncoder.train`).
+    """
+
+    def __init__(self, module: HyperSTModule, config: HyperSTConfig, encoder: ImageEncoder) -> None:
+        super().__init__(module, config)
+        self.encoder = encoder
+
+    def _features(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        spot_px, niche_px, *rest = batch
+        feats = self.encoder(torch.cat([spot_px, niche_px])).float()
+        return (feats[: len(spot_px)], feats[len(spot_px) :], *rest)
+
+    def _trainable(self) -> list[str]:
+        return [n for n, p in self.encoder.named_parameters() if p.requires_grad]
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        params = dict(self.encoder.named_parameters())
+        encoder = {f"encoder.{n}": params[n].detach().cpu().clone() for n in self._trainable()}
+        return {**super().snapshot(), **encoder}
+
+    @torch.no_grad()
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.encoder.named_parameters())
+        for name in self._trainable():
+            params[name].copy_(state[f"encoder.{name}"])
+        super().restore({k: v for k, v in state.items() if not k.startswith("encoder.")})
 
 
 class _Recorder(L.Callback):
@@ -134,11 +182,11 @@ class _Recorder(L.Callback):
         value = metrics.get(self.monitor, math.inf)
         if value < self.best:
             self.best, self.best_epoch = value, trainer.current_epoch
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in pl_module.module.state_dict().items()})
+            self.best_state = pl_module.snapshot()
 
 
-def _loader(arrays: TrainArrays, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
-    ds = _SpotDataset(arrays, augment=train, seed=cfg.random_state)
+def _loader(data: TrainArrays | Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
+    ds = _SpotDataset(data, augment=train, seed=cfg.random_state) if isinstance(data, TrainArrays) else data
     gen = torch.Generator().manual_seed(cfg.random_state)
     bs = min(cfg.batch_size, len(ds))
     return DataLoader(
@@ -153,10 +201,11 @@ def _loader(arrays: TrainArrays, cfg: HyperSTConfig, *, train: bool) -> DataLoad
 
 def train(
     module: HyperSTModule,
-    train_arrays: TrainArrays,
-    val_arrays: TrainArrays | None,
+    train_arrays: TrainArrays | Dataset,
+    val_arrays: TrainArrays | Dataset | None,
     config: HyperSTConfig,
     *,
+    encoder: ImageEncoder | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     num_nodes: int = 1,
@@ -165,13 +214,17 @@ def train(
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``module`` in place and restore the weights of the best epoch.
 
+    Without ``encoder``, the data are :class:`TrainArrays` of precomputed features. With a LoRA-adapted
+    ``encoder``, they are datasets of ``(spot patches, niche patches, spot gene, niche gene, target)`` items
+    with a ``set_epoch(epoch)`` method, and the encoder's adapters are trained (and restored) too.
+
     Returns
     -------
     The per-epoch history and the best epoch.
     """
     with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
         L.seed_everything(config.random_state, workers=True, verbose=False)
-        lit = _LitHyperST(module, config)
+        lit = _LitHyperST(module, config) if encoder is None else _LitFinetune(module, config, encoder)
         monitor = "val_loss" if val_arrays is not None else "train_loss"
         recorder = _Recorder(monitor)
         callbacks = [recorder, L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min")]
@@ -196,10 +249,18 @@ def train(
             log_every_n_steps=1,
         )
         val_loader = _loader(val_arrays, config, train=False) if val_arrays is not None else None
-        trainer.fit(lit, _loader(train_arrays, config, train=True), val_loader)
+        # Lightning keeps modules in the mode it finds them: training mode here, except the batch-norm (and any
+        # frozen) layers of an encoder, which `ImageEncoder.train` keeps in eval mode on purpose
+        lit.train()
+        with warnings.catch_warnings():
+            if encoder is not None:
+                warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            trainer.fit(lit, _loader(train_arrays, config, train=True), val_loader)
     if recorder.best_state is not None:
-        module.load_state_dict(recorder.best_state)
+        lit.restore(recorder.best_state)
     module.cpu().eval()
+    if encoder is not None:
+        encoder.cpu().eval()
     logger.info(
         "Trained %d epochs; best epoch %d (%s %.4f)", len(recorder.history), recorder.best_epoch, monitor, recorder.best
     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import ndtri
 
-from ._synthetic_tissue import SUBDOMAINS, field_on_grid, smooth_field
+from ._synthetic_tissue import field_on_grid, smooth_field
 
 if TYPE_CHECKING:
     from ._synthetic_tissue import Layout

@@ -87,6 +87,35 @@ def _arrays(parts: list[tuple[SlideInput, np.ndarray]], genes_data: dict[str, tu
     return TrainArrays(spot=cat("spot"), niche=cat("niche"), spot_gene=cat(0), niche_gene=cat(1), target=cat(2))
 
 
+def _fit_frozen(
+    train_part: list[tuple[SlideInput, np.ndarray]],
+    val_part: list[tuple[SlideInput, np.ndarray]],
+    genes_data: dict[str, tuple],
+    cfg: HyperSTConfig,
+    n_features: int,
+    **trainer: Any,
+) -> tuple[Any, list[dict[str, float]], int, tuple[np.ndarray, np.ndarray] | None]:
+    """Train a new module on the cached features; return it, the history, the best epoch, val predictions."""
+    import torch
+
+    from ..nn import HyperSTModule
+
+    train_arrays = _arrays(train_part, genes_data)
+    val_arrays = _arrays(val_part, genes_data) if val_part and sum(len(r) for _, r in val_part) > 1 else None
+    torch.manual_seed(cfg.random_state)
+    module = HyperSTModule(n_features, train_arrays.target.shape[1], cfg.module)
+    feats = np.concatenate([train_arrays.spot[:, 0], train_arrays.niche[:, 0]])
+    module.set_input_stats(
+        torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(train_arrays.target.mean(0))
+    )
+    history, best_epoch = train(module, train_arrays, val_arrays, cfg, **trainer)
+    if val_arrays is None:
+        return module, history, best_epoch, None
+    with torch.inference_mode():
+        pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
+    return module, history, best_epoch, (pred.numpy(), val_arrays.target)
+
+
 def _pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     p = pred - pred.mean(0)
     t = truth - truth.mean(0)
@@ -122,7 +151,8 @@ def fit(
     """Train a HyperST model on one or more slides with raw counts.
 
     Spot and niche patches are encoded by a frozen image encoder, with the features of their 8 dihedral views
-    computed once and cached; the four streams (spot/niche x image/gene) are aligned in the Lorentz model of
+    computed once and cached (or, with ``finetune="lora"``, by an encoder whose last blocks are fine-tuned with
+    LoRA on patches cropped on the fly); the four streams (spot/niche x image/gene) are aligned in the Lorentz model of
     hyperbolic space (contrastive and entailment-cone losses) while a decoder learns expression from the
     spot + niche image features. Slides are never modified.
 
@@ -141,7 +171,10 @@ def fit(
     weights
         Encoder weights: ``"DEFAULT"`` (downloaded by torchvision/timm), ``None`` (random) or a local file.
     finetune
-        ``None`` keeps the encoder frozen (cached features); ``"lora"`` fine-tunes its last blocks.
+        ``None`` keeps the encoder frozen (cached features); ``"lora"`` trains LoRA adapters on its last
+        ``lora_blocks`` blocks (a :class:`hyperst.HyperSTConfig` field, default 11 as for UNI's 24 blocks;
+        ``resnet18`` has only 8 blocks, so lower it there), with ``lora_r``, ``lora_alpha`` and
+        ``lora_dropout``. Patches are then cropped and encoded in every step: use a GPU.
     layer
         Layer of the tables holding raw counts (``None``: ``X``).
     {table_key}
@@ -152,9 +185,11 @@ def fit(
     config
         A :class:`hyperst.HyperSTConfig`; ``kwargs`` override its fields.
     cache
-        Feature cache: ``True`` (under ``hyperst.settings.cache_dir``), a folder, or ``False``.
+        Feature cache of the frozen encoder: ``True`` (under ``hyperst.settings.cache_dir``), a folder, or
+        ``False``; unused with ``finetune="lora"``.
     feature_batch_size
-        Spots per batch when computing features.
+        Spots per batch when computing features (with ``finetune="lora"``: the standardisation and validation
+        passes).
     accelerator
         Passed to :class:`lightning.pytorch.Trainer` (``"auto"``: GPU if present, else CPU).
     devices
@@ -167,12 +202,19 @@ def fit(
         Passed to the Trainer; ``None``: 16-bit mixed on GPU, 32-bit on CPU.
     **kwargs
         Fields of :class:`hyperst.HyperSTConfig` (``max_epochs``, ``lr``, ``views``, ``target``,
-        ``random_state``…) or of :class:`hyperst.nn.ModuleConfig` (``embed_dim``, ``geometry``,
+        ``random_state``, ``lora_blocks``…) or of :class:`hyperst.nn.ModuleConfig` (``embed_dim``, ``geometry``,
         ``entailment``…).
 
     Returns
     -------
-    The trained :class:`hyperst.HyperST`.
+    The trained :class:`hyperst.HyperST`. With ``finetune="lora"``, its ``encoder_state`` holds the whole
+    encoder (backbone and adapters) and ``encoder["lora"]`` the adapter settings, so that predictions rebuild it.
+
+    Raises
+    ------
+    ValueError
+        If ``finetune`` is not ``None`` or ``"lora"``, or LoRA is asked of ``encoder="squidpy"`` or of more
+        blocks than the encoder has.
 
     Examples
     --------
@@ -183,12 +225,14 @@ def fit(
     import torch
 
     cfg = HyperSTConfig.build(config, **kwargs)
-    if finetune is not None:
-        msg = (
-            "`finetune='lora'` is not available yet in this version of hyperst; use the frozen encoder "
-            "(`finetune=None`)."
-        )
-        raise NotImplementedError(msg)
+    if finetune not in (None, "lora"):
+        raise ValueError(expected("finetune", "None or 'lora'", finetune))
+    lora = None
+    if finetune == "lora":  # built first: a `lora_blocks` too large for the backbone fails before any work
+        from ._finetune import lora_encoder
+
+        torch.manual_seed(cfg.random_state)  # random backbone weights (`weights=None`) and adapters are seeded
+        lora = lora_encoder(encoder, weights=weights, config=cfg)
     inputs = _as_list(sdata)
     slides = []
     for i, data in enumerate(inputs):
@@ -205,8 +249,11 @@ def fit(
     from ._features import make_extractor
 
     device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
-    torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
-    extractor = make_extractor(encoder, weights=weights, device=device)
+    extractor = None
+    if lora is None:
+        torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
+        extractor = make_extractor(encoder, weights=weights, device=device)
+    n_features = lora.n_features if lora is not None else extractor.n_features
     genes_data, rows = {}, []
     for s in slides:
         conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
@@ -219,40 +266,45 @@ def fit(
                 len(s.layout.centres_px) - len(keep),
             )
         rows.append(keep)
-        slide_features(s, extractor, cfg, views=cfg.views, batch_size=feature_batch_size, cache=cache)
-    cfg = cfg.with_encoder_width(extractor.n_features)
+        if extractor is not None:
+            slide_features(s, extractor, cfg, views=cfg.views, batch_size=feature_batch_size, cache=cache)
+    cfg = cfg.with_encoder_width(n_features)
     train_part, val_part = _split(slides, rows, cfg)
-    train_arrays = _arrays(train_part, genes_data)
-    val_arrays = _arrays(val_part, genes_data) if val_part and sum(len(r) for _, r in val_part) > 1 else None
+    trainer = {
+        "accelerator": accelerator,
+        "devices": devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "precision": precision,
+    }
+    if lora is not None:
+        from ._finetune import fit_lora
 
-    from ..nn import HyperSTModule
-
-    torch.manual_seed(cfg.random_state)
-    module = HyperSTModule(extractor.n_features, len(names), cfg.module)
-    feats = np.concatenate([train_arrays.spot[:, 0], train_arrays.niche[:, 0]])
-    module.set_input_stats(
-        torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(train_arrays.target.mean(0))
-    )
-    history, best_epoch = train(
-        module,
-        train_arrays,
-        val_arrays,
-        cfg,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        precision=precision,
-    )
-
-    val_pcc = None
-    if val_arrays is not None:
-        with torch.inference_mode():
-            pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
-        val_pcc = _pearson_per_gene(pred.numpy(), val_arrays.target)
-    store_encoder = extractor.module is not None and (
-        not isinstance(encoder, str) or weights is None or os.path.exists(str(weights))
-    )
+        module, history, best_epoch, val = fit_lora(
+            lora,
+            train_part,
+            val_part,
+            genes_data,
+            cfg,
+            n_genes=len(names),
+            feature_batch_size=feature_batch_size,
+            device=device,
+            **trainer,
+        )
+    else:
+        module, history, best_epoch, val = _fit_frozen(train_part, val_part, genes_data, cfg, n_features, **trainer)
+    val_pcc = None if val is None else _pearson_per_gene(*val)
+    if lora is not None:
+        spec = {**lora.spec.to_dict(), "lora": lora.lora_config}
+        encoder_state = {k: v.detach().cpu().clone() for k, v in lora.state_dict().items()}
+    else:
+        spec = extractor.spec
+        store_encoder = extractor.module is not None and (
+            not isinstance(encoder, str) or weights is None or os.path.exists(str(weights))
+        )
+        encoder_state = (
+            {k: v.detach().cpu().clone() for k, v in extractor.module.state_dict().items()} if store_encoder else None
+        )
     training = {
         "slides": [s.name for s in slides],
         "validation_slides": sorted({s.name for s, _ in val_part}) if len(slides) > 1 else [],
@@ -276,11 +328,9 @@ def fit(
         module=module,
         config=cfg,
         genes=names,
-        encoder=extractor.spec,
+        encoder=spec,
         training=training,
         history=history,
-        encoder_state=(
-            {k: v.detach().cpu().clone() for k, v in extractor.module.state_dict().items()} if store_encoder else None
-        ),
+        encoder_state=encoder_state,
         encoder_module=encoder if not isinstance(encoder, str) else None,
     )

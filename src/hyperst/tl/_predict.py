@@ -36,14 +36,18 @@ def _extractor(model: HyperST) -> FeatureExtractor:
     custom = bool(spec.get("custom")) or str(name).startswith("custom:")
     if name == "squidpy":
         ext = make_extractor("squidpy")
-    elif model.encoder_module is not None:
-        ext = make_extractor(model.encoder_module)
-    elif custom:  # stored weights alone cannot rebuild a user's architecture
+    elif custom and model.encoder_module is None:  # stored weights alone cannot rebuild a user's architecture
         msg = (
             f"This model was trained with a custom encoder module (`{name}`): pass it with "
             "`HyperST.load(path, encoder=...)`."
         )
         raise ValueError(msg)
+    elif spec.get("lora") is not None:  # fine-tuned: architecture, adapters, then the stored weights
+        from ._finetune import lora_extractor
+
+        ext = lora_extractor(spec, model.encoder_state, model.encoder_module)
+    elif model.encoder_module is not None:
+        ext = make_extractor(model.encoder_module)
     elif model.encoder_state is not None:
         ext = make_extractor(name, weights=None)
     elif spec.get("weights") is None:
@@ -55,7 +59,7 @@ def _extractor(model: HyperST) -> FeatureExtractor:
         raise ValueError(msg)
     else:
         ext = make_extractor(name, weights=spec.get("weights"))
-    if ext.module is not None and model.encoder_state is not None:
+    if ext.module is not None and model.encoder_state is not None and spec.get("lora") is None:
         from ._features import _state_fingerprint
 
         ext.module.load_state_dict(model.encoder_state)
