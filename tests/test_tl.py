@@ -164,3 +164,23 @@ def test_image_only_slide_is_tiled_and_predicted(model, slides):
     assert "hyperst" not in tiles.layers  # a table without genes gets no layer; the predictions table has them
     # tissue domains still show: predicted domain genes differ between the slide's domains
     assert pred.X.std(0).mean() > 0.05
+
+
+@pytest.mark.slow
+def test_fit_runs_under_ddp_on_two_cpu_processes(slides, feature_cache):
+    """Lightning DDP (forked CPU workers, gloo): training runs and the trained weights come back."""
+    ddp = hst.tl.fit(
+        slides[:2],
+        cache=feature_cache,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_notebook",
+        **{**FIT, "max_epochs": 3},
+    )
+    torch.manual_seed(FIT["random_state"])  # fit builds its module right after this seed
+    init = type(ddp.module)(ddp.module.n_features, len(ddp.genes), ddp.config.module).state_dict()
+    trained = ddp.module.state_dict()
+    changed = [k for k in init if "feature_" not in k and not torch.equal(init[k], trained[k])]
+    assert len(changed) > len(init) // 2
+    pred = hst.tl.predict(slides[2], ddp, inplace=False, cache=feature_cache).X
+    assert np.isfinite(pred).all()

@@ -101,10 +101,10 @@ class _LitHyperST(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=bs,
-            sync_dist=stage == "val",
+            sync_dist=True,
         )
         for name, value in loss.terms.items():
-            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=stage == "val")
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss.total
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
@@ -183,6 +183,12 @@ class _Recorder(L.Callback):
         if value < self.best:
             self.best, self.best_epoch = value, trainer.current_epoch
             self.best_state = pl_module.snapshot()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # restore here too, inside the worker, so that strategies that train in spawned or forked processes
+        # ("ddp_spawn", "ddp_notebook") hand the best weights, not the last ones, back to the main process
+        if self.best_state is not None:
+            pl_module.restore(self.best_state)
 
 
 def _loader(data: TrainArrays | Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
