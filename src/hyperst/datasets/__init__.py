@@ -1,7 +1,8 @@
-"""Datasets: the embedded synthetic default (real public slides follow)."""
+"""Datasets: the embedded synthetic default and public slides downloaded with checksums."""
 
 from __future__ import annotations
 
+from ._her2st import her2st
 from ._synthetic import synthetic
 
-__all__ = ["synthetic"]
+__all__ = ["her2st", "synthetic"]
