@@ -94,6 +94,16 @@ class Keys:
         return f"{self.stem}_predicted"
 
     @property
+    def pcc(self) -> str:
+        """``var`` key of the per-gene Pearson r written by :func:`hyperst.tl.evaluate`."""
+        return f"{self.stem}_pcc"
+
+    @property
+    def metrics(self) -> str:
+        """Key of the evaluation summary inside ``uns[stem]``."""
+        return "metrics"
+
+    @property
     def table(self) -> str:
         """``sdata.tables`` key of the prediction table."""
         return self.stem

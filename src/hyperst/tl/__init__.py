@@ -1,7 +1,8 @@
-"""Tools: train, predict, embed."""
+"""Tools: train, predict, embed, evaluate."""
 
+from ._evaluate import evaluate
 from ._fit import fit
 from ._poincare import poincare
 from ._predict import predict
 
-__all__ = ["fit", "poincare", "predict"]
+__all__ = ["evaluate", "fit", "poincare", "predict"]
