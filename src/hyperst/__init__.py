@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import _logging  # noqa: F401  (installs the "hyperst" log handler)
-from . import datasets, lorentz, nn, pp, tl
+from . import (
+    _logging,  # noqa: F401  (installs the "hyperst" log handler)
+    datasets,
+    lorentz,
+    nn,
+    pp,
+    tl,
+)
 from ._config import HyperSTConfig
 from ._model import HyperST
 from ._settings import settings
