@@ -258,6 +258,7 @@ def predict(
     obs = pd.DataFrame(index=table.obs_names.copy())
     for col in (el.region_key, el.instance_key):
         obs[col] = table.obs[col].to_numpy()
+    obs[el.region_key] = pd.Categorical(obs[el.region_key])  # as TableModel wants it (no conversion warning)
     for k, v in obs_extra.items():
         obs[k] = v
     result = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
