@@ -31,14 +31,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _quiet_progress():
+    """No progress bars in tests (session-wide, so module-scoped fixtures that fit models see it too)."""
     import hyperst
 
     old = hyperst.settings.progress_bar
     hyperst.settings.progress_bar = False
     yield
     hyperst.settings.progress_bar = old
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny torch workloads on one intra-op thread.
+
+    On a small shared machine a second thread only adds synchronisation (seconds instead of milliseconds per
+    step). numba's first parallel call (scanpy's, inside `fit`) resets OpenMP's thread count, so it runs first.
+    """
+    import numba
+    import torch
+
+    numba.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def make_slide(

@@ -17,13 +17,7 @@ from hyperst._data._handcrafted import HANDCRAFTED_N_FEATURES, handcrafted_featu
 from hyperst.nn import ENCODERS, EncoderSpec, ImageEncoder, apply_lora, build_encoder
 from hyperst.nn._lora import lora_targets
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pixels(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -32,28 +32,12 @@ FIT = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # numba's first parallel call (scanpy's, inside `fit`) resets OpenMP's thread count, so it is made first
-    numba = pytest.importorskip("numba")
-    numba.get_num_threads()
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def slides():
     return hst.datasets.synthetic(n_slides=2, n_spots=60, n_genes=40, seed=0)
-
-
-def _fit(*args, **kwargs) -> hst.HyperST:
-    old, hst.settings.progress_bar = hst.settings.progress_bar, False  # module fixtures run before conftest's
-    try:
-        return hst.tl.fit(*args, **kwargs)
-    finally:
-        hst.settings.progress_bar = old
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +59,7 @@ def fitted(slides):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(_LitFinetune, "_features", spy)
-        model = _fit(slides[0], **FIT)
+        model = hst.tl.fit(slides[0], **FIT)
     return model, modes
 
 
@@ -205,7 +189,7 @@ def test_patch_dataset_gives_the_same_view_to_spot_and_niche(slides):
 def test_user_encoder_module_is_not_modified(slides):
     encoder = build_encoder("resnet18", weights=None)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
-    model = _fit(slides[0], **{**FIT, "encoder": encoder, "max_epochs": 1})
+    model = hst.tl.fit(slides[0], **{**FIT, "encoder": encoder, "max_epochs": 1})
     assert model.encoder["lora"]["last_n_blocks"] == 2
     assert any("lora_B" in k for k in model.encoder_state)
     result = hst.tl.predict(copy.deepcopy(slides[1]), model, inplace=False, cache=False)  # rebuilt on a copy

@@ -20,17 +20,7 @@ from hyperst.nn import HyperSTModule, ModuleConfig
 FIT = {"genes": 20, "max_epochs": 2, "batch_size": 64, "embed_dim": 16, "views": 1, "patch_px": 64, "random_state": 0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # On a small shared machine, two intra-op threads fighting another process for a core make CPU convolutions
-    # ~10x slower; one thread is fast anywhere for these tiny models. numba's first parallel call (scanpy's,
-    # inside `fit`) resets OpenMP's thread count, so it is made first.
-    numba = pytest.importorskip("numba")
-    numba.get_num_threads()
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +33,9 @@ def io_slides():
     return hst.datasets.synthetic(n_slides=2, n_spots=80, n_genes=40, seed=1)
 
 
-def _fit(*args, **kwargs) -> hst.HyperST:
-    old, hst.settings.progress_bar = hst.settings.progress_bar, False  # module fixtures run before conftest's
-    try:
-        return hst.tl.fit(*args, **kwargs)
-    finally:
-        hst.settings.progress_bar = old
-
-
 @pytest.fixture(scope="module")
 def squidpy_model(io_slides, io_cache):
-    return _fit(io_slides[0], encoder="squidpy", cache=io_cache, **FIT)
+    return hst.tl.fit(io_slides[0], encoder="squidpy", cache=io_cache, **FIT)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +46,7 @@ def resnet_slides():
 @pytest.fixture(scope="module")
 def resnet_model(resnet_slides):
     # random weights cannot be rebuilt from the encoder's name: they must travel in `encoder.safetensors`
-    return _fit(resnet_slides[0], encoder="resnet18", weights=None, cache=False, **FIT)
+    return hst.tl.fit(resnet_slides[0], encoder="resnet18", weights=None, cache=False, **FIT)
 
 
 @pytest.fixture

@@ -14,14 +14,7 @@ from hyperst import lorentz
 CURVS = [0.1, 1.0, 10.0]  # both ends of the module's curvature clamp, and the initial value
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation, which is very slow when the cores
-    # are shared (seconds instead of milliseconds per step on a busy 2-core machine)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _geoopt(curv: float):

@@ -34,14 +34,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 N_FEATURES, N_GENES, BATCH, DIM = 20, 12, 8, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation, which is very slow when the cores
-    # are shared (seconds instead of milliseconds per step on a busy 2-core machine)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(seed: int = 0, batch: int = BATCH) -> dict[str, torch.Tensor]:
