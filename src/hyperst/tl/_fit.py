@@ -15,6 +15,7 @@ from .._docs import doc_params
 from .._model import HyperST
 from .._train import TrainArrays, train
 from .._validation import expected
+from ._evaluate import gene_metrics
 from ._prepare import SlideInput, load_slide, slide_features, slide_gene_arrays
 
 if TYPE_CHECKING:
@@ -114,15 +115,6 @@ def _fit_frozen(
     with torch.inference_mode():
         pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
     return module, history, best_epoch, (pred.numpy(), val_arrays.target)
-
-
-def _pearson_per_gene(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    p = pred - pred.mean(0)
-    t = truth - truth.mean(0)
-    den = np.sqrt((p**2).sum(0) * (t**2).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (p * t).sum(0) / den
-    return np.where(den > 0, r, np.nan)
 
 
 @doc_params
@@ -293,7 +285,7 @@ def fit(
         )
     else:
         module, history, best_epoch, val = _fit_frozen(train_part, val_part, genes_data, cfg, n_features, **trainer)
-    val_pcc = None if val is None else _pearson_per_gene(*val)
+    val_pcc = None if val is None else gene_metrics(val[1], val[0])["pearson"]
     if lora is not None:
         spec = {**lora.spec.to_dict(), "lora": lora.lora_config}
         encoder_state = {k: v.detach().cpu().clone() for k, v in lora.state_dict().items()}
