@@ -9,7 +9,9 @@ import pytest
 
 import hyperst as hst
 
-MODULES = ["pp", "tl", "datasets"]
+MODULES = ["pp", "tl", "pl", "datasets"]
+#: Public functions whose first argument is not the data, and what it is instead.
+FIRST_PARAMETER = {"pl.history": "model"}
 FUNCS = [
     pytest.param(getattr(getattr(hst, mod), name), id=f"{mod}.{name}")
     for mod in MODULES
@@ -45,9 +47,18 @@ def test_positional_and_keyword_only_conventions(func):
 
 
 @pytest.mark.parametrize("func", [f for f in FUNCS if not f.id.startswith("datasets.")])
-def test_first_parameter_is_the_data(func):
+def test_first_parameter_is_the_data(request, func):
     first = next(iter(inspect.signature(func).parameters))
-    assert first in ("sdata", "adata")
+    expected = FIRST_PARAMETER.get(request.node.callspec.id)
+    assert (first == expected) if expected else (first in ("sdata", "adata"))
+
+
+@pytest.mark.parametrize("func", [f for f in FUNCS if f.id.startswith("pl.")])
+def test_plot_functions_take_ax_and_show_but_not_save(func):
+    params = inspect.signature(func).parameters
+    for name in ("ax", "show"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None
+    assert "save" not in params
 
 
 @pytest.mark.parametrize("func", FUNCS)

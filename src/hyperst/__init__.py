@@ -9,6 +9,7 @@ from . import (
     datasets,
     lorentz,
     nn,
+    pl,
     pp,
     tl,
 )
@@ -21,4 +22,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["HyperST", "HyperSTConfig", "__version__", "datasets", "lorentz", "nn", "pp", "settings", "tl"]
+__all__ = ["HyperST", "HyperSTConfig", "__version__", "datasets", "lorentz", "nn", "pl", "pp", "settings", "tl"]

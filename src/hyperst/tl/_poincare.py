@@ -16,9 +16,12 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["poincare", "poincare_coordinates"]
+__all__ = ["POINCARE_STREAMS", "poincare", "poincare_coordinates", "stream_keys"]
 
 logger = logging.getLogger(__name__)
+
+#: Entry of ``uns[stem]`` naming the ``obsm`` key of each stream's shared-axes projection (``streams=True``).
+POINCARE_STREAMS = "poincare_streams"
 
 
 def poincare_coordinates(lorentz_full: np.ndarray, curv: float) -> tuple[np.ndarray, np.ndarray]:
@@ -61,9 +64,14 @@ def poincare(
     basis: str = "hyperst",
     table_key: str | None = None,
     key_added: str | None = None,
+    streams: bool = False,
     inplace: bool = True,
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray] | dict[str, np.ndarray] | None:
     """Compute a 2-D Poincaré-disk view of the spot embeddings written by :func:`hyperst.tl.predict`.
+
+    With ``streams=True``, every embedding of the spots that is present (spot and niche, image and gene) goes
+    through one shared projection, so that the four embeddings of a spot can be compared in one disk
+    (:func:`hyperst.pl.poincare` with ``hierarchy=True`` draws them).
 
     Parameters
     ----------
@@ -74,14 +82,32 @@ def poincare(
     {table_key}
     key_added
         Stem of the keys written; defaults to ``basis``.
+    streams
+        Project the spot image embedding ``obsm['X_<basis>']`` alone (``False``, as :func:`hyperst.tl.predict`
+        does), or it together with ``obsm['X_<basis>_niche']``, ``obsm['X_<basis>_gene']`` and
+        ``obsm['X_<basis>_gene_niche']`` (those present) on shared axes (``True``).
     inplace
         Write into the table; ``False`` returns the arrays.
 
     Returns
     -------
     ``None`` with ``inplace=True``, after writing ``obsm['X_<key_added>_poincare']`` (``(N, 2)``, inside the
-    unit disk) and ``obs['<key_added>_radius']`` (geodesic distance to the origin). Otherwise the
-    ``(disk, radius)`` arrays.
+    unit disk) and ``obs['<key_added>_radius']`` (geodesic distance to the origin). With ``streams=True`` also
+    ``obsm['X_<key_added>_niche_poincare']``, ``obsm['X_<key_added>_gene_poincare']`` and
+    ``obsm['X_<key_added>_gene_niche_poincare']`` (for the embeddings present), and
+    ``uns['<key_added>']['poincare_streams']``: which ``obsm`` key holds which stream's projection. A later
+    call with ``streams=False`` removes those three keys and that entry, since they no longer share axes with
+    ``obsm['X_<key_added>_poincare']``.
+
+    With ``inplace=False``, the ``(disk, radius)`` arrays; with ``streams=True``, a dict of the arrays that
+    would be written, by key.
+
+    Examples
+    --------
+    >>> import hyperst as hst
+    >>> hst.tl.predict(sdata, model)  # doctest: +SKIP
+    >>> hst.tl.poincare(sdata, streams=True)  # doctest: +SKIP
+    >>> hst.pl.poincare(sdata, hierarchy=True)  # doctest: +SKIP
     """
     from anndata import AnnData
 
@@ -97,10 +123,64 @@ def poincare(
     if curv is None:
         msg = f"No curvature in `uns[{src.uns!r}]['curvature']`: the embedding is not hyperbolic."
         raise ValueError(msg)
+    if streams:
+        return _poincare_streams(table, src, out, float(curv), inplace=inplace)
     disk, radius = poincare_coordinates(np.asarray(table.obsm[src.embedding]), float(curv))
     if not inplace:
         return disk, radius
     table.obsm[out.poincare] = disk
     table.obs[out.radius] = radius
+    _drop_streams(table, out)
     logger.info("Adding `obsm['%s']`, `obs['%s']`", out.poincare, out.radius)
     return None
+
+
+def stream_keys(src: Keys, out: Keys) -> dict[str, tuple[str, str]]:
+    """Each stream's Lorentz ``obsm`` key (read, stem of ``src``) and Poincaré ``obsm`` key (written, ``out``)."""
+    embeddings = {
+        "spot_image": (src.embedding, out.embedding),
+        "niche_image": (src.embedding_niche, out.embedding_niche),
+        "spot_gene": (src.embedding_gene, out.embedding_gene),
+        "niche_gene": (src.embedding_gene_niche, out.embedding_gene_niche),
+    }
+    # ``Keys(stem).poincare`` is the projection of ``Keys(stem).embedding == f"X_{stem}"``
+    return {s: (read, Keys(written.removeprefix("X_")).poincare) for s, (read, written) in embeddings.items()}
+
+
+def _poincare_streams(
+    table: AnnData, src: Keys, out: Keys, curv: float, *, inplace: bool
+) -> dict[str, np.ndarray] | None:
+    present = {s: keys for s, keys in stream_keys(src, out).items() if keys[0] in table.obsm}
+    arrays = [np.asarray(table.obsm[read]) for read, _ in present.values()]
+    disk, radius = poincare_coordinates(np.concatenate(arrays), curv)  # one PCA over every stream
+    n = table.n_obs
+    result = {written: disk[i * n : (i + 1) * n] for i, (_, written) in enumerate(present.values())}
+    result[out.radius] = radius[:n]
+    if not inplace:
+        return result
+    _drop_streams(table, out)
+    for key, value in result.items():
+        if key == out.radius:
+            table.obs[key] = value
+        else:
+            table.obsm[key] = value
+    store = table.uns.get(out.uns)
+    store = dict(store) if isinstance(store, dict) else {}
+    store[POINCARE_STREAMS] = {s: written for s, (_, written) in present.items()}
+    table.uns[out.uns] = store
+    written = [k for k in result if k != out.radius]
+    logger.info("Adding `obsm` %s, `obs['%s']`, `uns['%s']['%s']`", written, out.radius, out.uns, POINCARE_STREAMS)
+    return None
+
+
+def _drop_streams(table: AnnData, out: Keys) -> None:
+    """Remove the stream projections of an earlier ``streams=True`` call (their axes are stale)."""
+    store = table.uns.get(out.uns)
+    if not isinstance(store, dict) or POINCARE_STREAMS not in store:
+        return
+    for key in dict(store[POINCARE_STREAMS]).values():
+        if key != out.poincare:
+            table.obsm.pop(key, None)
+    store = dict(store)
+    del store[POINCARE_STREAMS]
+    table.uns[out.uns] = store
