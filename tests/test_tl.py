@@ -125,6 +125,29 @@ def test_cpu_fit_is_reproducible(slides, feature_cache, model):
         assert torch.equal(a, b), k
 
 
+def test_refit_trains_on_all_slides_for_the_chosen_epochs(slides, feature_cache, model):
+    training = model.training
+    assert training["refit_epochs"] == training["best_epoch"] + 1 == len(training["refit_history"])
+    assert all("val_loss" not in row for row in training["refit_history"])  # nothing held out in the refit
+    no_refit = hst.tl.fit(slides[:2], cache=feature_cache, refit=False, **FIT)
+    assert no_refit.training["refit_epochs"] is None and no_refit.training["refit_history"] is None
+    # the held-out run is the same, so the validation scores are too; the weights are not
+    assert no_refit.training["val_pcc"] == training["val_pcc"]
+    assert no_refit.history == model.history
+    w, w_no = model.module.decoder[-1].weight, no_refit.module.decoder[-1].weight
+    assert not torch.equal(w, w_no)
+    # the refit model saw the validation slide's spots: its feature statistics include them
+    assert not torch.equal(model.module.feature_shift, no_refit.module.feature_shift)
+
+
+def test_decoder_norm_switch(slides, feature_cache, model):
+    assert isinstance(model.module.decoder[0].output_norm, torch.nn.Identity)
+    normed = hst.tl.fit(slides[:2], cache=feature_cache, **{**FIT, "max_epochs": 1}, decoder_norm=True)
+    assert isinstance(normed.module.decoder[0].output_norm, torch.nn.LayerNorm)
+    with pytest.raises(ValueError, match="decoder_norm"):
+        hst.HyperSTConfig.build(None, decoder_norm="yes")
+
+
 def test_poincare_tool(model, test_slide, feature_cache):
     hst.tl.predict(test_slide, model, cache=feature_cache)
     table = test_slide.tables["table"]

@@ -166,10 +166,11 @@ class _LitFinetune(_LitHyperST):
 
 
 class _Recorder(L.Callback):
-    """Keep the per-epoch metrics and the weights of the best epoch (in memory, nothing on disk)."""
+    """Keep the per-epoch metrics and the weights of the best (or, with ``keep_last``, the last) epoch in memory."""
 
-    def __init__(self, monitor: str) -> None:
+    def __init__(self, monitor: str, *, keep_last: bool = False) -> None:
         self.monitor = monitor
+        self.keep_last = keep_last
         self.history: list[dict[str, float]] = []
         self.best = math.inf
         self.best_epoch = -1
@@ -180,7 +181,7 @@ class _Recorder(L.Callback):
         row = {"epoch": trainer.current_epoch, **metrics}
         self.history.append(row)
         value = metrics.get(self.monitor, math.inf)
-        if value < self.best:
+        if value < self.best or self.keep_last:
             self.best, self.best_epoch = value, trainer.current_epoch
             self.best_state = pl_module.snapshot()
 
@@ -217,8 +218,9 @@ def train(
     num_nodes: int = 1,
     strategy: str = "auto",
     precision: str | None = None,
+    keep_last: bool = False,
 ) -> tuple[list[dict[str, float]], int]:
-    """Train ``module`` in place and restore the weights of the best epoch.
+    """Train ``module`` in place and restore the weights of the best epoch (``keep_last``: of the last one).
 
     Without ``encoder``, the data are :class:`TrainArrays` of precomputed features. With a LoRA-adapted
     ``encoder``, they are datasets of ``(spot patches, niche patches, spot gene, niche gene, target)`` items
@@ -232,8 +234,10 @@ def train(
         L.seed_everything(config.random_state, workers=True, verbose=False)
         lit = _LitHyperST(module, config) if encoder is None else _LitFinetune(module, config, encoder)
         monitor = "val_loss" if val_arrays is not None else "train_loss"
-        recorder = _Recorder(monitor)
-        callbacks = [recorder, L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min")]
+        recorder = _Recorder(monitor, keep_last=keep_last)
+        callbacks: list[L.Callback] = [recorder]
+        if not keep_last:  # a fixed budget of epochs (a refit) runs to its end
+            callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min"))
         if precision is None:
             precision = (
                 "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
@@ -259,6 +263,7 @@ def train(
         # frozen) layers of an encoder, which `ImageEncoder.train` keeps in eval mode on purpose
         lit.train()
         with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
             if encoder is not None:
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             trainer.fit(lit, _loader(train_arrays, config, train=True), val_loader)

@@ -51,6 +51,9 @@ class ResMLP(nn.Module):
         Dropout probability after each inner layer of the blocks.
     depth
         Number of residual blocks.
+    output_norm
+        End with a LayerNorm (the authors' block). ``False`` keeps the scale of the output, which a linear
+        read-out needs when the magnitude carries signal (the HyperST decoder, see ``ModuleConfig.decoder_norm``).
 
     Raises
     ------
@@ -58,7 +61,16 @@ class ResMLP(nn.Module):
         If a size is not positive, ``dropout`` is outside ``[0, 1)`` or ``depth`` is negative.
     """
 
-    def __init__(self, in_dim: int, hidden: int, *, mlp_ratio: float = 2, dropout: float = 0.1, depth: int = 2) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        *,
+        mlp_ratio: float = 2,
+        dropout: float = 0.1,
+        depth: int = 2,
+        output_norm: bool = True,
+    ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("hidden", hidden), ("mlp_ratio", mlp_ratio)):
             if not value > 0:
@@ -74,7 +86,7 @@ class ResMLP(nn.Module):
         self.input_norm = nn.LayerNorm(in_dim)
         self.input_proj = nn.Linear(in_dim, hidden)
         self.blocks = nn.Sequential(*(_PreNormResidual(hidden, inner_dim, dropout) for _ in range(depth)))
-        self.output_norm = nn.LayerNorm(hidden)
+        self.output_norm = nn.LayerNorm(hidden) if output_norm else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

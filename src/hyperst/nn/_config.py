@@ -48,6 +48,10 @@ class ModuleConfig:
         features themselves, cosine logits, Euclidean cones (when ``entailment``).
     decoder_input
         Image features read by the decoder: ``"both"`` (concatenated), ``"spot"`` or ``"niche"``.
+    decoder_norm
+        End the decoder's residual MLP with a LayerNorm, as the authors' code does. Off by default: the
+        normalisation discards each spot's feature scale before the linear read-out, and on held-out HER2ST
+        sections removing it raised mean PCC (``docs/benchmarks.md``).
     alignment_weight
         Weight of the alignment loss: ``total = mse + alignment_weight * (hca + entail_weight * hea)``.
     entail_weight
@@ -87,6 +91,7 @@ class ModuleConfig:
     entail_pairs: tuple[str, ...] = ENTAIL_PAIRS
     geometry: Literal["lorentz", "euclidean"] = "lorentz"
     decoder_input: Literal["both", "spot", "niche"] = "both"
+    decoder_norm: bool = False
     alignment_weight: float = 0.2
     entail_weight: float = 0.4
     hea_factor: float = 0.5
@@ -111,6 +116,7 @@ class ModuleConfig:
             (_is_number(self.dropout) and self.dropout < 1, "dropout", "in [0, 1)"),
             (self.geometry in ("lorentz", "euclidean"), "geometry", "'lorentz' or 'euclidean'"),
             (self.decoder_input in ("both", "spot", "niche"), "decoder_input", "'both', 'spot' or 'niche'"),
+            (isinstance(self.decoder_norm, bool), "decoder_norm", "True or False"),
             (
                 _is_subset(self.contrast_pairs, CONTRAST_PAIRS) and len(self.contrast_pairs) > 0,
                 "contrast_pairs",

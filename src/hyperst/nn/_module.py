@@ -49,8 +49,10 @@ class HyperSTModule(nn.Module):
         self.n_features, self.n_genes = n_features, n_genes
         dim = cfg.embed_dim
 
-        def res_mlp(in_dim: int) -> ResMLP:
-            return ResMLP(in_dim, dim, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, depth=cfg.depth)
+        def res_mlp(in_dim: int, *, output_norm: bool = True) -> ResMLP:
+            return ResMLP(
+                in_dim, dim, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, depth=cfg.depth, output_norm=output_norm
+            )
 
         # without alignment, a projector the decoder does not read is not built (DDP rejects unused weights)
         if cfg.alignment or cfg.decoder_input != "niche":
@@ -75,7 +77,8 @@ class HyperSTModule(nn.Module):
                 curv_bounds=cfg.curv_bounds,
             )
             self.log_logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
-        self.decoder = nn.Sequential(res_mlp(2 * dim if cfg.decoder_input == "both" else dim), nn.Linear(dim, n_genes))
+        decoder_in = 2 * dim if cfg.decoder_input == "both" else dim
+        self.decoder = nn.Sequential(res_mlp(decoder_in, output_norm=cfg.decoder_norm), nn.Linear(dim, n_genes))
         # standardisation of the image features (identity until `set_input_stats`); saved with the weights
         self.register_buffer("feature_shift", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))

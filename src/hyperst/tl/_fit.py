@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -94,6 +95,8 @@ def _fit_frozen(
     genes_data: dict[str, tuple],
     cfg: HyperSTConfig,
     n_features: int,
+    *,
+    keep_last: bool = False,
     **trainer: Any,
 ) -> tuple[Any, list[dict[str, float]], int, tuple[np.ndarray, np.ndarray] | None]:
     """Train a new module on the cached features; return it, the history, the best epoch, val predictions."""
@@ -109,7 +112,7 @@ def _fit_frozen(
     module.set_input_stats(
         torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(train_arrays.target.mean(0))
     )
-    history, best_epoch = train(module, train_arrays, val_arrays, cfg, **trainer)
+    history, best_epoch = train(module, train_arrays, val_arrays, cfg, keep_last=keep_last, **trainer)
     if val_arrays is None:
         return module, history, best_epoch, None
     with torch.inference_mode():
@@ -269,6 +272,7 @@ def fit(
         "strategy": strategy,
         "precision": precision,
     }
+    refit_history: list[dict[str, float]] | None = None
     if lora is not None:
         from ._finetune import fit_lora
 
@@ -283,8 +287,22 @@ def fit(
             device=device,
             **trainer,
         )
+        if cfg.refit:
+            logger.info("`refit` is ignored with `finetune='lora'`: the weights of the best validation epoch are kept")
     else:
         module, history, best_epoch, val = _fit_frozen(train_part, val_part, genes_data, cfg, n_features, **trainer)
+        if cfg.refit and val is not None:
+            n_epochs = best_epoch + 1
+            logger.info("Refitting on all %d training slide(s) for %d epochs (`refit=True`)", len(slides), n_epochs)
+            module, refit_history, _, _ = _fit_frozen(
+                train_part + val_part,
+                [],
+                genes_data,
+                replace(cfg, max_epochs=n_epochs),
+                n_features,
+                keep_last=True,
+                **trainer,
+            )
     val_pcc = None if val is None else gene_metrics(val[1], val[0])["pearson"]
     if lora is not None:
         spec = {**lora.spec.to_dict(), "lora": lora.lora_config}
@@ -313,6 +331,8 @@ def fit(
             for s in slides
         },
         "best_epoch": int(best_epoch),
+        "refit_epochs": None if refit_history is None else len(refit_history),
+        "refit_history": refit_history,
         "val_pcc": None if val_pcc is None else [None if np.isnan(v) else float(v) for v in val_pcc],
         "val_mean_pcc": None if val_pcc is None else float(np.nanmean(val_pcc)),
     }
