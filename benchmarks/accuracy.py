@@ -25,7 +25,9 @@ Methods (``--methods``):
 
 Training budget: every trained method (HyperST variants, MLP, BLEEP) runs at most ``--max-epochs`` epochs with
 early stopping (patience 10) on the same validation section that ``hst.tl.fit`` holds out from the training
-sections, and keeps its best-validation weights; ridge picks its alpha by leave-one-out on the training spots.
+sections, then, as ``tl.fit(refit=True)`` does, trains afresh on all training sections (validation included) for
+the chosen number of epochs; ridge picks its alpha by leave-one-out on all training spots. Every method thus
+learns from the same spots.
 Like ``hst.tl.fit``, all methods train on spots with at least one count of the model genes and are evaluated on
 every spot of the held-out section. ``resnet18`` runs with ``weights=None`` (random, offline) unless
 ``--weights DEFAULT``; its features use 1 dihedral view (8 views of a CNN on CPU are slow), squidpy's use 8 (they
@@ -111,10 +113,17 @@ def _std(xtr):
     return mu, sd
 
 
-def _epochs(step, val_loss, params, max_epochs):
-    """Run ``step()`` per epoch, early-stop on ``val_loss()``; restore the best parameters; return best epoch."""
+def _epochs(step, val_loss, params, max_epochs, *, fixed=False):
+    """Run ``step()`` per epoch, early-stop on ``val_loss()``; restore the best parameters; return best epoch.
+
+    ``fixed``: run all ``max_epochs`` and keep the last parameters (a refit with a chosen budget).
+    """
     import copy
 
+    if fixed:
+        for _ in range(max_epochs):
+            step()
+        return max_epochs - 1, max_epochs
     best, best_state, best_epoch, bad = np.inf, None, 0, 0
     for epoch in range(max_epochs):
         step()
@@ -129,7 +138,7 @@ def _epochs(step, val_loss, params, max_epochs):
     return best_epoch, epoch + 1
 
 
-def _mlp(xtr, ytr, xva, yva, xte, seed, max_epochs):
+def _mlp(xtr, ytr, xva, yva, xte, seed, max_epochs, *, fixed=False):
     import torch
     from torch import nn
 
@@ -156,13 +165,13 @@ def _mlp(xtr, ytr, xva, yva, xte, seed, max_epochs):
         with torch.no_grad():
             return float(nn.functional.mse_loss(net(xva_t), yva_t))
 
-    best_epoch, epochs = _epochs(step, val_loss, net, max_epochs)
+    best_epoch, epochs = _epochs(step, val_loss, net, max_epochs, fixed=fixed)
     net.eval()
     with torch.no_grad():
         return net(xte_t).numpy(), {"best_epoch": best_epoch, "epochs": epochs}
 
 
-def _bleep(xtr, ytr, xva, yva, xte, seed, max_epochs, k=50, tau=0.1):
+def _bleep(xtr, ytr, xva, yva, xte, seed, max_epochs, *, fixed=False, k=50, tau=0.1):
     import torch
     from torch import nn
 
@@ -202,11 +211,11 @@ def _bleep(xtr, ytr, xva, yva, xte, seed, max_epochs, k=50, tau=0.1):
             parts = [float(clip(xva_t[i : i + 128], gva_t[i : i + 128])) for i in range(0, len(xva_t) - 1, 128)]
         return float(np.mean(parts))
 
-    best_epoch, epochs = _epochs(step, val_loss, net, max_epochs)
+    best_epoch, epochs = _epochs(step, val_loss, net, max_epochs, fixed=fixed)
     net.eval()
-    ref_y = np.concatenate([ytr, yva])
+    ref_y, ref_g = (ytr, gtr_t) if fixed else (np.concatenate([ytr, yva]), torch.cat([gtr_t, gva_t]))
     with torch.no_grad():
-        zg = nn.functional.normalize(net["gene"](torch.cat([gtr_t, gva_t])), dim=1)
+        zg = nn.functional.normalize(net["gene"](ref_g), dim=1)
         zi = nn.functional.normalize(net["img"](xte_t), dim=1)
         sim = zi @ zg.T
         top, idx = sim.topk(min(k, len(zg)), dim=1)
@@ -339,15 +348,21 @@ def main() -> None:
                 assert list(model.training["validation_slides"]) == sorted(  # same val section as the baselines
                     inputs[s].name for s in val
                 ), model.training["validation_slides"]
-                info = {"best_epoch": model.training["best_epoch"], "epochs": len(model.history)}
+                info = {
+                    "best_epoch": model.training["best_epoch"],
+                    "epochs": len(model.history),
+                    "refit_epochs": model.training["refit_epochs"],
+                }
                 if model.curvature is not None:
                     info["curvature"] = float(model.curvature)
             elif method == "ridge":
                 pred, info = _ridge(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), xte, args.seed)
-            elif method == "mlp":
-                pred, info = _mlp(xtr, ytr, xva, yva, xte, args.seed, args.max_epochs)
-            else:
-                pred, info = _bleep(xtr, ytr, xva, yva, xte, args.seed, args.max_epochs)
+            else:  # like `tl.fit(refit=True)`: choose the epochs on the validation section, then refit on all
+                fn = _mlp if method == "mlp" else _bleep
+                pred, info = fn(xtr, ytr, xva, yva, xte, args.seed, args.max_epochs)
+                xall, yall = np.concatenate([xtr, xva]), np.concatenate([ytr, yva])
+                pred, _ = fn(xall, yall, xva, yva, xte, args.seed, info["best_epoch"] + 1, fixed=True)
+                info["refit_epochs"] = info["best_epoch"] + 1
             seconds = time.perf_counter() - t0
             metrics = _metrics(slides[test], genes, np.asarray(pred), args.target)
             fold["methods"][method] = {**metrics, "seconds": seconds, **info}
