@@ -89,6 +89,26 @@ class Keys:
         return self.stem
 
     @property
+    def lower(self) -> str:
+        """``layers``: lower bound of the conformal interval."""
+        return f"{self.stem}_lower"
+
+    @property
+    def upper(self) -> str:
+        """``layers``: upper bound of the conformal interval."""
+        return f"{self.stem}_upper"
+
+    @property
+    def val_pcc(self) -> str:
+        """``var``: the gene's Pearson correlation on the validation slides at fit time."""
+        return f"{self.stem}_val_pcc"
+
+    @property
+    def reliable(self) -> str:
+        """``var``: whether the validation PCC reaches the reliability threshold."""
+        return f"{self.stem}_reliable"
+
+    @property
     def predicted(self) -> str:
         """``var`` key flagging predicted genes."""
         return f"{self.stem}_predicted"

@@ -18,6 +18,7 @@ from .._train import TrainArrays, train
 from .._validation import expected
 from ._evaluate import gene_metrics
 from ._prepare import SlideInput, load_slide, slide_features, slide_gene_arrays
+from ._trust import calibration, reference_qc, spot_radius, stain_od
 
 if TYPE_CHECKING:
     import torch
@@ -98,8 +99,12 @@ def _fit_frozen(
     *,
     keep_last: bool = False,
     **trainer: Any,
-) -> tuple[Any, list[dict[str, float]], int, tuple[np.ndarray, np.ndarray] | None]:
-    """Train a new module on the cached features; return it, the history, the best epoch, val predictions."""
+) -> tuple[Any, list[dict[str, float]], int, tuple[np.ndarray, ...] | None]:
+    """Train a new module on the cached features.
+
+    Returns the module, the history, the best epoch and, with validation slides, their predictions, targets and
+    embedding radii.
+    """
     import torch
 
     from ..nn import HyperSTModule
@@ -117,7 +122,8 @@ def _fit_frozen(
         return module, history, best_epoch, None
     with torch.inference_mode():
         pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
-    return module, history, best_epoch, (pred.numpy(), val_arrays.target)
+    radius = spot_radius(module, val_arrays.spot[:, 0], val_arrays.niche[:, 0])
+    return module, history, best_epoch, (pred.numpy(), val_arrays.target, radius)
 
 
 @doc_params
@@ -336,6 +342,15 @@ def fit(
         "val_pcc": None if val_pcc is None else [None if np.isnan(v) else float(v) for v in val_pcc],
         "val_mean_pcc": None if val_pcc is None else float(np.nanmean(val_pcc)),
     }
+    if val is not None:  # split-conformal calibration on the held-out run's residuals (docs/trust.md)
+        training["calibration"] = calibration(val[0], val[1], val[2] if len(val) > 2 else None)
+    if lora is None:
+        parts = train_part + val_part
+        training["qc"] = reference_qc(
+            module, slides, [s.spot[r, 0] for s, r in parts], [s.niche[r, 0] for s, r in parts]
+        )
+    else:  # no cached features to summarise: the stain only
+        training["qc"] = {"stain_od": {s.name: stain_od(s) for s in slides}}
     return HyperST(
         module=module,
         config=cfg,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from .._docs import doc_params
 from ._features import FeatureExtractor, extract_features, make_extractor
 from ._poincare import poincare_coordinates
 from ._prepare import geometry_from, load_slide, slide_gene_arrays
+from ._trust import RELIABLE_PCC, conformal_bounds, domain_qc, feature_distance, spot_radius
 
 if TYPE_CHECKING:
     import torch
@@ -88,21 +88,6 @@ def _cat(parts: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
     return np.concatenate([p[key] for p in parts])
 
 
-def _check_scale(model: HyperST, mpp: float) -> None:
-    trained = list(model.training.get("microns_per_pixel", {}).values())
-    if not trained:
-        return
-    lo, hi = min(trained), max(trained)
-    if mpp > 2 * hi or mpp < lo / 2:
-        warnings.warn(
-            f"This slide has {mpp:.3f} µm/px but the model was trained on {lo:.3f}-{hi:.3f} µm/px. Patches cover "
-            "the same micrometres, but at a different effective resolution; check `microns_per_pixel` or expect "
-            "less accurate predictions.",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
 def _lorentz(module: torch.nn.Module, space: np.ndarray) -> np.ndarray:
     import torch
 
@@ -125,6 +110,9 @@ def predict(
     microns_per_pixel: float | None = None,
     layer: str | None = None,
     views: int = 1,
+    coverage: float | None = 0.9,
+    normalised: bool = False,
+    reliable_pcc: float = RELIABLE_PCC,
     batch_size: int = 32,
     cache: bool | str | os.PathLike = True,
 ) -> AnnData | None:
@@ -150,6 +138,15 @@ def predict(
         Layer with raw counts for the gene embeddings (``None``: ``X``).
     views
         Dihedral views averaged per spot (test-time augmentation; 1: none).
+    coverage
+        Target coverage of the split-conformal intervals, calibrated on the validation slides' residuals at fit
+        time (``None``: no intervals).
+    normalised
+        Scale each spot's interval by its hyperbolic radius relative to the validation spots' (clipped to
+        0.5-2x); ``False`` gives every spot of a gene the same width. See ``docs/trust.md`` for how the two
+        compare on held-out sections.
+    reliable_pcc
+        Validation PCC from which ``var['{{key_added}}_reliable']`` is ``True``.
     batch_size
         Spots per batch of patches.
     cache
@@ -168,8 +165,14 @@ def predict(
     - ``obsp['{{key_added}}_connectivities']``, ``obsp['{{key_added}}_distances']``: the niche graph;
     - ``layers['{{key_added}}']``: predicted expression, same shape as ``X``, NaN for genes not predicted;
       ``var['{{key_added}}_predicted']``;
+    - ``layers['{{key_added}}_lower']``, ``layers['{{key_added}}_upper']``: split-conformal bounds at
+      ``coverage`` (when the model holds a calibration), NaN for genes not predicted;
+    - ``var['{{key_added}}_val_pcc']``, ``var['{{key_added}}_reliable']``: each gene's Pearson r on the
+      validation slides at fit time, and whether it reaches ``reliable_pcc``;
     - ``uns['{{key_added}}']``: provenance (version, model hash, genes, encoder, µm/px, patch sizes,
-      curvature);
+      curvature), ``["intervals"]`` (coverage, calibration size) and ``["qc"]``: the domain-shift checks
+      (pixel size, stain, image features, embedding radius against the training slides; a warning names
+      any that fail);
 
     and ``sdata.tables['{{key_added}}']``: the predictions as their own table (var = the model's genes),
     annotating the same spots. With ``inplace=False``, that table (holding the embeddings too).
@@ -187,12 +190,14 @@ def predict(
     if not isinstance(views, int) or not 1 <= views <= 8:
         msg = f"Expected `views` to be an integer from 1 to 8, found `{views!r}`."
         raise ValueError(msg)
+    if coverage is not None and not (isinstance(coverage, float) and 0 < coverage < 1):
+        msg = f"Expected `coverage` to be a float in (0, 1) or None, found `{coverage!r}`."
+        raise ValueError(msg)
     keys = Keys(key_added)
     slide = load_slide(
         sdata, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
     )
     el, table = slide.layout.elements, slide.table
-    _check_scale(model, slide.layout.microns_per_pixel)
     module = model.module.cpu().eval()
     cfg = model.config
     extractor = _extractor(model)
@@ -208,6 +213,16 @@ def predict(
     )
     pred = np.mean([_cat(_batched(module.predict, spot[:, v], niche[:, v]), "y") for v in range(views)], axis=0)
     conn, dist = niche_graph(slide.sdata, table_key=el.table_key, n_rings=cfg.n_rings, inplace=False)
+    radius = spot_radius(module, spot[:, 0], niche[:, 0])
+    qc = domain_qc(model.training, slide, feature_distance(module, spot[:, 0]), radius)
+    bounds = None
+    cal = model.training.get("calibration")
+    if coverage is not None and cal is not None:
+        bounds = conformal_bounds(pred, cal, coverage, radius if normalised else None)
+    elif coverage is not None:
+        logger.info("No intervals: the model has no calibration (it was fitted without validation slides)")
+    val_pcc = model.training.get("val_pcc")
+    val_pcc = np.full(len(model.genes), np.nan) if val_pcc is None else np.array(val_pcc, dtype=np.float64)
 
     obsm: dict[str, np.ndarray] = {}
     hyperbolic = cfg.module.alignment and cfg.module.geometry == "lorentz"
@@ -253,6 +268,9 @@ def predict(
     }
     if curv is not None:
         provenance["curvature"] = curv
+    provenance["qc"] = qc
+    if bounds is not None:
+        provenance["intervals"] = bounds[2]
     provenance = json.loads(json.dumps(provenance, default=list))  # tuples -> lists: zarr-safe
 
     obs = pd.DataFrame(index=table.obs_names.copy())
@@ -261,7 +279,12 @@ def predict(
     obs[el.region_key] = pd.Categorical(obs[el.region_key])  # as TableModel wants it (no conversion warning)
     for k, v in obs_extra.items():
         obs[k] = v
-    result = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(model.genes)))
+    var = pd.DataFrame(index=pd.Index(model.genes))
+    var[keys.val_pcc] = val_pcc
+    var[keys.reliable] = val_pcc >= reliable_pcc  # NaN (constant on validation, or no validation) -> False
+    result = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=var)
+    if bounds is not None:
+        result.layers[keys.lower], result.layers[keys.upper] = bounds[0], bounds[1]
     for k, v in obsm.items():
         result.obsm[k] = v
     result.obsp[keys.connectivities], result.obsp[keys.distances] = conn, dist
@@ -283,7 +306,16 @@ def predict(
         present = cols >= 0
         full[:, cols[present]] = pred[:, present]
         target.layers[keys.layer] = full
+        if bounds is not None:
+            for key, values in ((keys.lower, bounds[0]), (keys.upper, bounds[1])):
+                layer_values = np.full(target.shape, np.nan, dtype=np.float32)
+                layer_values[:, cols[present]] = values[:, present]
+                target.layers[key] = layer_values
         target.var[keys.predicted] = np.isin(np.arange(target.n_vars), cols[present])
+        gene_pcc = np.full(target.n_vars, np.nan)
+        gene_pcc[cols[present]] = val_pcc[present]
+        target.var[keys.val_pcc] = gene_pcc
+        target.var[keys.reliable] = gene_pcc >= reliable_pcc
     target.uns[keys.uns] = provenance
     if not isinstance(sdata, AnnData):
         sdata.tables[keys.table] = result
