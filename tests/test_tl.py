@@ -207,3 +207,38 @@ def test_fit_runs_under_ddp_on_two_cpu_processes(slides, feature_cache):
     assert len(changed) > len(init) // 2
     pred = hst.tl.predict(slides[2], ddp, inplace=False, cache=feature_cache).X
     assert np.isfinite(pred).all()
+
+
+def test_interrupted_fit_resumes_from_its_checkpoint(slides, feature_cache, tmp_path, monkeypatch):
+    from hyperst import _train
+
+    kw = {**FIT, "max_epochs": 6, "patience": 50, "cache": feature_cache, "checkpoint_dir": tmp_path / "ckpt"}
+    original = _train._Recorder.on_train_epoch_end
+
+    def crash_at_epoch_3(self, trainer, pl_module):
+        original(self, trainer, pl_module)
+        if trainer.current_epoch == 3:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(_train._Recorder, "on_train_epoch_end", crash_at_epoch_3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        hst.tl.fit(slides[:2], **kw)
+    monkeypatch.setattr(_train._Recorder, "on_train_epoch_end", original)
+    assert (tmp_path / "ckpt" / "select" / "last.ckpt").is_file()
+    with pytest.raises(ValueError, match="resume=True"):  # a folder with checkpoints is never silently reused
+        hst.tl.fit(slides[:2], **kw)
+    with pytest.raises(ValueError, match="other data, genes or settings"):
+        hst.tl.fit(slides[:2], **{**kw, "genes": 20}, resume=True)
+    resumed = hst.tl.fit(slides[:2], **kw, resume=True)
+    # epochs 0-2 were checkpointed before the crash (3 ran but its checkpoint came after the crash), then 3-5 ran
+    assert [row["epoch"] for row in resumed.history] == list(range(6))
+    uninterrupted = hst.tl.fit(slides[:2], **{**kw, "checkpoint_dir": None})
+    for a, b in zip(resumed.history[:3], uninterrupted.history[:3], strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    assert resumed.training["refit_epochs"] == resumed.training["best_epoch"] + 1
+    # both runs finished: resuming again trains nothing and returns the same model
+    again = hst.tl.fit(slides[:2], **kw, resume=True)
+    assert again.history == resumed.history
+    assert torch.equal(again.module.decoder[-1].weight, resumed.module.decoder[-1].weight)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        hst.tl.fit(slides[:2], **{**kw, "checkpoint_dir": None}, resume=True)

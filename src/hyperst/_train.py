@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -185,11 +187,51 @@ class _Recorder(L.Callback):
             self.best, self.best_epoch = value, trainer.current_epoch
             self.best_state = pl_module.snapshot()
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return what a checkpoint must hold to resume: the history so far and the best weights."""
+        return {
+            "history": self.history,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (when resuming from a checkpoint)."""
+        self.history = list(state_dict["history"])
+        self.best, self.best_epoch = float(state_dict["best"]), int(state_dict["best_epoch"])
+        self.best_state = state_dict["best_state"]
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # restore here too, inside the worker, so that strategies that train in spawned or forked processes
         # ("ddp_spawn", "ddp_notebook") hand the best weights, not the last ones, back to the main process
         if self.best_state is not None:
             pl_module.restore(self.best_state)
+
+
+_DONE_JSON, _DONE_WEIGHTS = "done.json", "done.safetensors"
+
+
+def _save_done(lit: _LitHyperST, checkpoint_dir: Path, recorder: _Recorder) -> None:
+    from safetensors.torch import save_file
+
+    save_file(lit.snapshot(), checkpoint_dir / _DONE_WEIGHTS)
+    meta = {"history": recorder.history, "best_epoch": recorder.best_epoch, "best": recorder.best}
+    (checkpoint_dir / _DONE_JSON).write_text(json.dumps(meta))
+
+
+def _load_done(
+    lit: _LitHyperST, checkpoint_dir: Path, module: HyperSTModule, encoder: ImageEncoder | None
+) -> tuple[list[dict[str, float]], int]:
+    from safetensors.torch import load_file
+
+    lit.restore(load_file(checkpoint_dir / _DONE_WEIGHTS))
+    meta = json.loads((checkpoint_dir / _DONE_JSON).read_text())
+    module.cpu().eval()
+    if encoder is not None:
+        encoder.cpu().eval()
+    logger.info("Reusing the finished training run in `%s`", checkpoint_dir)
+    return meta["history"], int(meta["best_epoch"])
 
 
 def _loader(data: TrainArrays | Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
@@ -219,6 +261,8 @@ def train(
     strategy: str = "auto",
     precision: str | None = None,
     keep_last: bool = False,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``module`` in place and restore the weights of the best epoch (``keep_last``: of the last one).
 
@@ -226,18 +270,35 @@ def train(
     ``encoder``, they are datasets of ``(spot patches, niche patches, spot gene, niche gene, target)`` items
     with a ``set_epoch(epoch)`` method, and the encoder's adapters are trained (and restored) too.
 
+    With ``checkpoint_dir``, ``last.ckpt`` there is rewritten after every epoch and, once training ends, the
+    final weights and history are written as ``done.safetensors`` and ``done.json``. ``resume=True`` returns
+    a finished run from those, or continues an interrupted one from ``last.ckpt`` (loaded with
+    ``weights_only=True``: tensors and plain containers only).
+
     Returns
     -------
     The per-epoch history and the best epoch.
     """
+    lit = _LitHyperST(module, config) if encoder is None else _LitFinetune(module, config, encoder)
+    if resume and checkpoint_dir is not None and (checkpoint_dir / _DONE_JSON).is_file():
+        return _load_done(lit, checkpoint_dir, module, encoder)
+    last = checkpoint_dir / "last.ckpt" if checkpoint_dir is not None else None
+    ckpt_path = str(last) if resume and last is not None and last.is_file() else None
+    if ckpt_path is not None:
+        logger.info("Resuming training from `%s`", ckpt_path)
     with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
         L.seed_everything(config.random_state, workers=True, verbose=False)
-        lit = _LitHyperST(module, config) if encoder is None else _LitFinetune(module, config, encoder)
         monitor = "val_loss" if val_arrays is not None else "train_loss"
         recorder = _Recorder(monitor, keep_last=keep_last)
         callbacks: list[L.Callback] = [recorder]
         if not keep_last:  # a fixed budget of epochs (a refit) runs to its end
             callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min"))
+        if checkpoint_dir is not None:
+            callbacks.append(
+                L.pytorch.callbacks.ModelCheckpoint(  # one file, `last.ckpt`, rewritten every epoch
+                    dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+                )
+            )
         if precision is None:
             precision = (
                 "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
@@ -251,7 +312,7 @@ def train(
             max_epochs=config.max_epochs,
             callbacks=callbacks,
             logger=False,
-            enable_checkpointing=False,
+            enable_checkpointing=checkpoint_dir is not None,
             enable_model_summary=False,
             enable_progress_bar=settings.progress_bar,
             num_sanity_val_steps=0,
@@ -266,9 +327,13 @@ def train(
             warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
             if encoder is not None:
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-            trainer.fit(lit, _loader(train_arrays, config, train=True), val_loader)
+            trainer.fit(
+                lit, _loader(train_arrays, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
+            )
     if recorder.best_state is not None:
         lit.restore(recorder.best_state)
+    if checkpoint_dir is not None:
+        _save_done(lit, checkpoint_dir, recorder)
     module.cpu().eval()
     if encoder is not None:
         encoder.cpu().eval()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -79,6 +81,50 @@ def _split(slides: list[SlideInput], rows: list[np.ndarray], cfg: HyperSTConfig)
     return [(slide, r[x < cut])], [(slide, r[x >= cut])]
 
 
+def _checkpoints(
+    checkpoint_dir: str | os.PathLike | None,
+    resume: bool,  # noqa: FBT001
+    cfg: HyperSTConfig,
+    genes: list[str],
+    slides: list[SlideInput],
+    n_features: int,
+) -> Path | None:
+    """Prepare ``checkpoint_dir`` (its ``fit.json`` records what is trained); refuse to resume a different fit."""
+    if checkpoint_dir is None:
+        if resume:
+            msg = "`resume=True` needs the `checkpoint_dir` of the interrupted fit."
+            raise ValueError(msg)
+        return None
+    root = Path(checkpoint_dir)
+    record = {
+        "config": cfg.to_dict(),
+        "genes": genes,
+        "slides": {s.name: int(len(s.layout.centres_px)) for s in slides},
+        "n_features": n_features,
+    }
+    record = json.loads(json.dumps(record))
+    marker = root / "fit.json"
+    if marker.is_file():
+        if not resume:
+            msg = (
+                f"`checkpoint_dir` `{root}` holds checkpoints of an earlier fit: pass `resume=True` to continue it, "
+                "or name an empty folder."
+            )
+            raise ValueError(msg)
+        if json.loads(marker.read_text()) != record:
+            msg = (
+                f"The checkpoints in `{root}` belong to a fit with other data, genes or settings; resume with the "
+                "same arguments, or name an empty folder to start afresh."
+            )
+            raise ValueError(msg)
+    else:
+        if resume:
+            logger.info("No checkpoint in `%s` yet: starting the fit from the beginning", root)
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record))
+    return root
+
+
 def _arrays(parts: list[tuple[SlideInput, np.ndarray]], genes_data: dict[str, tuple]) -> TrainArrays:
     def cat(key: int | str) -> np.ndarray:
         out = []
@@ -147,6 +193,8 @@ def fit(
     num_nodes: int = 1,
     strategy: str = "auto",
     precision: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
     **kwargs: Any,
 ) -> HyperST:
     """Train a HyperST model on one or more slides with raw counts.
@@ -201,6 +249,14 @@ def fit(
         Passed to the Trainer (e.g. ``"ddp"``).
     precision
         Passed to the Trainer; ``None``: 16-bit mixed on GPU, 32-bit on CPU.
+    checkpoint_dir
+        Folder for training checkpoints, rewritten after every epoch (one sub-folder per training run:
+        ``select`` with validation, ``refit``). Nothing is written there without it.
+    resume
+        Continue an interrupted fit from ``checkpoint_dir``: finished runs are reused and an interrupted one
+        continues from its last epoch. The data, genes and settings must be those of the interrupted call
+        (checked against ``checkpoint_dir/fit.json``). Batches after the restart are shuffled afresh, so the
+        weights are close to, not equal to, those of an uninterrupted fit.
     **kwargs
         Fields of :class:`hyperst.HyperSTConfig` (``max_epochs``, ``lr``, ``views``, ``target``,
         ``random_state``, ``lora_blocks``…) or of :class:`hyperst.nn.ModuleConfig` (``embed_dim``, ``geometry``,
@@ -278,6 +334,9 @@ def fit(
         "strategy": strategy,
         "precision": precision,
     }
+    ckpt = _checkpoints(checkpoint_dir, resume, cfg, names, slides, n_features)
+    if ckpt is not None:
+        trainer |= {"checkpoint_dir": ckpt / "select", "resume": resume}
     refit_history: list[dict[str, float]] | None = None
     if lora is not None:
         from ._finetune import fit_lora
@@ -300,6 +359,8 @@ def fit(
         if cfg.refit and val is not None:
             n_epochs = best_epoch + 1
             logger.info("Refitting on all %d training slide(s) for %d epochs (`refit=True`)", len(slides), n_epochs)
+            if ckpt is not None:
+                trainer["checkpoint_dir"] = ckpt / "refit"
             module, refit_history, _, _ = _fit_frozen(
                 train_part + val_part,
                 [],
