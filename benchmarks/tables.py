@@ -1,0 +1,77 @@
+"""Print the Markdown tables of ``docs/benchmarks.md`` and ``docs/trust.md`` from the JSON in ``benchmarks/results``.
+
+The docs' tables are pasted from this script's output, so every number in them traces back to a results file
+and to the command stored in it::
+
+    python benchmarks/tables.py                                   # every accuracy_*.json and trust_*.json
+    python benchmarks/tables.py benchmarks/results/accuracy_squidpy_hmhvg200_log2.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+METRICS = ["pcc_mean", "pcc_at_10", "pcc_at_50", "pcc_at_200", "mse", "mae"]
+HEAD = ["mean PCC", "PCC@10", "PCC@50", "PCC@200", "MSE", "MAE"]
+
+
+def _cell(stat: dict) -> str:
+    return f"{stat['mean']:.3f}" if stat.get("std") is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def accuracy(result: dict) -> str:
+    """One Markdown table: methods x metrics, mean ± std over folds, best of each column in bold."""
+    s = result["settings"]
+    lines = [
+        f"`{result['command']}` — encoder `{s['encoder']}` (weights {s['weights']}), genes `{s['genes']}`, "
+        f"target `{s['target']}`, held out {', '.join(s['folds'])}; mean ± std over folds:",
+        "",
+        "| method | " + " | ".join(HEAD) + " | s/fold |",
+        "|---|" + "---|" * (len(HEAD) + 1),
+    ]
+    summary = result["summary"]
+    best = {}
+    for m in METRICS:
+        vals = {k: v[m]["mean"] for k, v in summary.items()}
+        best[m] = (min if m in ("mse", "mae") else max)(vals, key=vals.get)
+    for method, row in summary.items():
+        cells = [f"**{_cell(row[m])}**" if best[m] == method else _cell(row[m]) for m in METRICS]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {row['seconds_per_fold']:.0f} |")
+    return "\n".join(lines)
+
+
+def trust(result: dict) -> str:
+    """Coverage and width of the intervals, and score-error rank correlations, per fold and summarised."""
+    s = result["settings"]
+    lines = [
+        f"`{result['command']}` — target `{s['target']}`, {s['genes']} HMHVG genes, target coverage "
+        f"{s['coverage']:.0%}:",
+        "",
+        "| held out | validation | coverage (plain) | width (plain) | coverage (normalised) | width (normalised) | "
+        "ρ radius | ρ feature distance | ρ −mean prediction |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for f in result["folds"]:
+        r = f["spearman_score_error"]
+        lines.append(
+            f"| {f['test']} | {', '.join(f['validation'])} | {f['plain']['coverage']:.3f} | {f['plain']['width']:.2f} "
+            f"| {f['normalised']['coverage']:.3f} | {f['normalised']['width']:.2f} | {r['radius']:+.2f} "
+            f"| {r['feature_distance']:+.2f} | {r['neg_mean_prediction']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    files = [Path(a) for a in sys.argv[1:]] or sorted(Path(__file__).with_name("results").glob("*.json"))
+    for path in files:
+        result = json.loads(path.read_text())
+        if path.name.startswith("accuracy_") and "summary" in result:
+            print(f"<!-- {path.name} -->\n{accuracy(result)}\n")
+        elif path.name.startswith("trust_"):
+            print(f"<!-- {path.name} -->\n{trust(result)}\n")
+
+
+if __name__ == "__main__":
+    main()
