@@ -60,6 +60,17 @@ def trust(result: dict) -> str:
             f"| {f['normalised']['coverage']:.3f} | {f['normalised']['width']:.2f} | {r['radius']:+.2f} "
             f"| {r['feature_distance']:+.2f} | {r['neg_mean_prediction']:+.2f} |"
         )
+    sm = result["summary"]
+    rho = sm["spearman_score_error"]
+
+    def ms(pair: list, digits: int = 3) -> str:
+        return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+
+    lines.append(
+        f"| **mean ± std** | | {ms(sm['plain']['coverage'])} | {ms(sm['plain']['width'], 2)} "
+        f"| {ms(sm['normalised']['coverage'])} | {ms(sm['normalised']['width'], 2)} | {ms(rho['radius'], 2)} "
+        f"| {ms(rho['feature_distance'], 2)} | {ms(rho['neg_mean_prediction'], 2)} |"
+    )
     return "\n".join(lines)
 
 
