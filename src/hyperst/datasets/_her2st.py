@@ -9,10 +9,7 @@ grid; the pixel size is fitted from the spots' pixel positions against their arr
 from __future__ import annotations
 
 import logging
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +21,7 @@ from scipy import sparse
 from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM
 from .._settings import settings
 from .._validation import expected
+from ._images import LazyPil as _LazyJpeg
 from ._registry import (
     HER2ST_COMMIT,
     HER2ST_IMAGE_NAMES,
@@ -200,50 +198,6 @@ def _table(section: str, counts_path: Path, spots: pd.DataFrame) -> AnnData:
     adata = AnnData(X=x, obs=obs, var=pd.DataFrame(index=pd.Index(counts.columns.astype(str))))
     adata.obsm["spatial"] = spots[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
     return adata
-
-
-@contextmanager
-def _open_jpeg(path: Path) -> Iterator[Any]:
-    """Open an image with PIL, silencing its decompression-bomb warning (a section is about 92 megapixels)."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            yield img
-
-
-class _LazyJpeg:
-    """``(c, y, x)`` uint8 array-like over a JPEG: the shape comes from the header, pixels from one decode.
-
-    JPEG has no random access, so the first slice decodes the whole image and keeps it; copies and pickles
-    carry only the path.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        with _open_jpeg(self.path) as img:
-            width, height = img.size
-        self.shape = (3, height, width)
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = 3
-        self._pixels: np.ndarray | None = None
-        self._lock = threading.Lock()
-
-    def __reduce__(self) -> tuple[type, tuple[Path]]:
-        return type(self), (self.path,)
-
-    @property
-    def decoded(self) -> bool:
-        """Whether the image has been decoded."""
-        return self._pixels is not None
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        with self._lock:
-            if self._pixels is None:
-                with _open_jpeg(self.path) as img:
-                    self._pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
-        return self._pixels.transpose(2, 0, 1)[key]
 
 
 def _image(section: str, path: Path) -> Any:
