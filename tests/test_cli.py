@@ -45,3 +45,57 @@ def test_unknown_command_is_refused():
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_fit_predict_evaluate_on_zarr_stores(tmp_path, capsys):
+    import spatialdata as sd
+
+    import hyperst as hst
+
+    slides = hst.datasets.synthetic(n_slides=3, n_spots=100, n_genes=40, seed=5)
+    paths = []
+    for i, s in enumerate(slides):
+        paths.append(str(tmp_path / f"slide{i}.zarr"))
+        s.write(paths[-1])
+    model_dir = tmp_path / "model"
+    fit = ["fit", *paths[:2], "--out", str(model_dir), "--genes", "15", "--encoder", "squidpy", "--max-epochs", "3"]
+    assert main(fit) == 0
+    assert "Fitted HyperST" in capsys.readouterr().out and (model_dir / "config.json").is_file()
+    before = set(sd.read_zarr(paths[2]).tables)
+    assert main(["predict", paths[2], "--model", str(model_dir)]) == 0
+    after = sd.read_zarr(paths[2])
+    assert set(after.tables) == before | {"hyperst"}  # only the predictions table is added
+    assert after.tables["hyperst"].shape == (100, 15) and "hyperst_upper" in after.tables["hyperst"].layers
+    # predicting again without --overwrite is refused, with a one-line error
+    assert main(["predict", paths[2], "--model", str(model_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    csv = tmp_path / "scores.csv"
+    assert main(["evaluate", paths[2], "--csv", str(csv)]) == 0
+    text = capsys.readouterr().out
+    assert "pcc_mean" in text and "pcc_at_10" in text
+    import pandas as pd
+
+    scores = pd.read_csv(csv, index_col=0)
+    assert len(scores) == 15 and "pearson" in scores.columns
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["fit", "/nonexistent.zarr", "--out", "x"], "No SpatialData store"),
+        (["predict", "/nonexistent.zarr", "--model", "m"], "No SpatialData store"),
+        (["evaluate", "/nonexistent.zarr"], "No SpatialData store"),
+    ],
+)
+def test_tl_commands_refuse_missing_stores(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_tl_commands_have_help():
+    for command in ("fit", "predict", "evaluate"):
+        result = subprocess.run(
+            [sys.executable, "-m", "hyperst._cli", command, "--help"], capture_output=True, text=True
+        )
+        assert result.returncode == 0 and "--table-key" in result.stdout

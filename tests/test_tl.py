@@ -218,7 +218,8 @@ def test_interrupted_fit_resumes_from_its_checkpoint(slides, feature_cache, tmp_
     def crash_at_epoch_3(self, trainer, pl_module):
         original(self, trainer, pl_module)
         if trainer.current_epoch == 3:
-            raise RuntimeError("simulated crash")
+            msg = "simulated crash"
+            raise RuntimeError(msg)
 
     monkeypatch.setattr(_train._Recorder, "on_train_epoch_end", crash_at_epoch_3)
     with pytest.raises(RuntimeError, match="simulated crash"):

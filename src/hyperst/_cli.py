@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-epochs", type=int, default=60, help="training epochs at most (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    from ._cli_tl import add_commands
+
+    add_commands(sub)
     return parser
 
 

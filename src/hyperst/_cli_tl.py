@@ -1,0 +1,181 @@
+"""``hyperst fit``, ``predict`` and ``evaluate``: the ``tl`` functions on SpatialData ``.zarr`` stores."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_commands"]
+
+
+def _read(path: str) -> Any:
+    import spatialdata as sd
+
+    p = Path(path)
+    if not p.exists():
+        msg = f"No SpatialData store at `{p}`: pass the path of a `.zarr` folder written by `SpatialData.write`."
+        raise FileNotFoundError(msg)
+    try:
+        return sd.read_zarr(p)
+    except Exception as err:  # zarr and spatialdata raise many types for a folder that is not a store
+        msg = f"`{p}` is not a readable SpatialData store ({type(err).__name__}: {err})."
+        raise ValueError(msg) from err
+
+
+def _weights(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import hyperst as hst
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
+        msg = f"`--out {out}` exists and is not a hyperst model folder: name a new or empty folder."
+        raise ValueError(msg)
+    slides = [_read(p) for p in args.slides]
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"max_epochs": args.max_epochs, "target": args.target, "random_state": args.seed}
+    if args.lr is not None:
+        kwargs["lr"] = args.lr
+    model = hst.tl.fit(
+        slides,
+        genes=args.genes,
+        encoder=args.encoder,
+        weights=_weights(args.weights),
+        table_key=args.table_key,
+        image_key=args.image_key,
+        layer=args.layer,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        **kwargs,
+    )
+    model.save(out)
+    val = model.training.get("val_mean_pcc")
+    val_text = f"; validation mean PCC {val:.3f}" if val is not None else ""
+    print(f"Fitted {model!r} on {len(slides)} slide(s) in {time.perf_counter() - t0:.0f} s{val_text}.")
+    print(f"Wrote the model to {out}.")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import hyperst as hst
+
+    sdata = _read(args.slide)
+    model = hst.HyperST.load(args.model)
+    if args.out is None and args.key_added in sdata.tables and not args.overwrite:
+        msg = (
+            f"`{args.slide}` already holds a table `{args.key_added}`: pass `--overwrite` to replace it, "
+            "`--key-added` to write beside it, or `--out` to write a new store."
+        )
+        raise ValueError(msg)
+    if args.out is not None and Path(args.out).exists():
+        msg = f"`--out {args.out}` exists: name a new path for the output store."
+        raise ValueError(msg)
+    t0 = time.perf_counter()
+    hst.tl.predict(
+        sdata,
+        model,
+        key_added=args.key_added,
+        table_key=args.table_key,
+        image_key=args.image_key,
+        coverage=None if args.coverage == 0 else args.coverage,
+    )
+    n = sdata.tables[args.key_added].n_obs
+    print(f"Predicted {len(model.genes)} genes for {n} spots in {time.perf_counter() - t0:.0f} s.")
+    if args.out is not None:
+        sdata.write(args.out)
+        print(f"Wrote the slide with its predictions to {args.out} (table `{args.key_added}`, and layers/obsm).")
+    else:
+        if args.key_added in sdata.tables and args.overwrite:
+            sdata.delete_element_from_disk(args.key_added)
+        sdata.write_element(args.key_added)
+        print(f"Added table `{args.key_added}` (predictions, intervals, embeddings) to {args.slide}.")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import hyperst as hst
+    from hyperst._data._elements import resolve_elements
+
+    sdata = _read(args.slide)
+    if args.key_added not in sdata.tables:
+        msg = f"`{args.slide}` has no predictions table `{args.key_added}`: run `hyperst predict` on it first."
+        raise KeyError(msg)
+    pred = sdata.tables[args.key_added]
+    table_key = args.table_key or resolve_elements(sdata, need_image=False).table_key
+    table = sdata.tables[table_key].copy()
+    rows = table.obs_names.get_indexer(pred.obs_names)
+    cols = table.var_names.get_indexer(pred.var_names)
+    if (rows < 0).any():
+        msg = f"Table `{args.key_added}` annotates spots missing from table `{table_key}`: predict again."
+        raise ValueError(msg)
+    layer = np.full(table.shape, np.nan, dtype=np.float32)
+    keep = cols >= 0
+    layer[np.ix_(rows, cols[keep])] = np.asarray(pred.X)[:, keep]
+    table.layers[args.key_added] = layer
+    target = pred.uns.get(args.key_added, {}).get("target", "log2")
+    scores = hst.tl.evaluate(table, layer=args.key_added, target=target, key_added=args.key_added)
+    metrics = table.uns[args.key_added]["metrics"]
+    print(f"{'metric':<12}{'pooled':>10}")
+    for key in ("pcc_mean", "pcc_at_10", "pcc_at_50", "pcc_at_200", "mse", "mae"):
+        if key in metrics:
+            print(f"{key:<12}{metrics[key]['pooled']:>10.3f}")
+    print(f"Best genes: {', '.join(scores.index[:5])}; {len(scores)} genes evaluated ({target} target).")
+    if args.csv:
+        scores.to_csv(args.csv)
+        print(f"Wrote per-gene scores to {args.csv}.")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``fit``, ``predict`` and ``evaluate`` to the ``hyperst`` parser."""
+    fit = sub.add_parser(
+        "fit",
+        help="train a model on SpatialData .zarr stores with counts",
+        description="Train HyperST on one or more SpatialData stores (H&E image, spot circles, table of raw "
+        "counts) and save the model folder.",
+    )
+    fit.add_argument("slides", nargs="+", help="SpatialData .zarr stores to train on")
+    fit.add_argument("--out", required=True, help="model folder to write")
+    fit.add_argument("--genes", type=int, default=200, help="genes to predict (default: %(default)s)")
+    fit.add_argument("--encoder", default="resnet50", help="image encoder (default: %(default)s)")
+    fit.add_argument("--weights", default="DEFAULT", help="DEFAULT, none or a local file (default: %(default)s)")
+    fit.add_argument("--target", default="log2", choices=["log2", "log2_cp10k"], help="(default: %(default)s)")
+    fit.add_argument("--max-epochs", type=int, default=200, help="(default: %(default)s)")
+    fit.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
+    fit.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    fit.add_argument("--layer", default=None, help="layer of raw counts (default: X)")
+    fit.add_argument("--checkpoint-dir", default=None, help="folder for per-epoch checkpoints")
+    fit.add_argument("--resume", action="store_true", help="continue an interrupted fit from --checkpoint-dir")
+    predict = sub.add_parser(
+        "predict",
+        help="predict expression for a SpatialData .zarr store",
+        description="Predict expression, intervals and embeddings from the H&E of a SpatialData store. Without "
+        "--out, only the new predictions table is added to the store; nothing else in it changes.",
+    )
+    predict.add_argument("slide", help="SpatialData .zarr store")
+    predict.add_argument("--model", required=True, help="model folder written by `hyperst fit`")
+    predict.add_argument("--out", default=None, help="write a new store with everything instead")
+    predict.add_argument("--key-added", default="hyperst", help="(default: %(default)s)")
+    predict.add_argument("--coverage", type=float, default=0.9, help="interval coverage, 0 for none (default: 0.9)")
+    predict.add_argument("--overwrite", action="store_true", help="replace an existing predictions table")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="score predictions against measured counts",
+        description="Compare the predictions table of a store with its measured counts: mean PCC, PCC@k, MSE, MAE.",
+    )
+    evaluate.add_argument("slide", help="SpatialData .zarr store holding counts and a predictions table")
+    evaluate.add_argument("--key-added", default="hyperst", help="predictions table (default: %(default)s)")
+    evaluate.add_argument("--csv", default=None, help="write the per-gene scores to this CSV file")
+    for p in (fit, predict, evaluate):
+        p.add_argument("--table-key", default=None, help="table of counts (default: inferred)")
+    for p in (fit, predict):
+        p.add_argument("--image-key", default=None, help="H&E image element (default: inferred)")
+    fit.set_defaults(func=_fit)
+    predict.set_defaults(func=_predict)
+    evaluate.set_defaults(func=_evaluate)
