@@ -38,7 +38,7 @@ class HyperSTConfig:
         Dihedral views cached per spot and drawn at random each epoch (8: all; 1: no augmentation).
     lr
         AdamW learning rate. The authors use 1e-4 on raw UNI features; hyperst standardises the features, and
-        on held-out HER2ST sections 1e-3 trained 3-5x fewer epochs to a higher PCC (``docs/benchmarks.md``).
+        on held-out HER2ST sections 1e-3 reached a higher PCC in fewer epochs (``docs/benchmarks.md``).
         With ``finetune="lora"`` on a large encoder, 1e-4 is the safer start.
     weight_decay
         AdamW weight decay.
