@@ -42,6 +42,27 @@ def accuracy(result: dict) -> str:
     return "\n".join(lines)
 
 
+def paired(result: dict, reference: str = "hyperst") -> str:
+    """Per-fold differences ``reference − method`` of mean PCC and PCC@50, and how many folds ``reference`` wins."""
+    folds = result["folds"]
+    lines = [
+        f"Paired over the {len(folds)} folds (`{reference}` minus each method, same held-out section; "
+        "wins = folds where it is higher):",
+        "",
+        "| method | Δ mean PCC | wins | Δ PCC@50 | wins |",
+        "|---|---|---|---|---|",
+    ]
+    for method in result["summary"]:
+        if method == reference:
+            continue
+        cells = []
+        for m in ("pcc_mean", "pcc_at_50"):
+            d = [f["methods"][reference][m] - f["methods"][method][m] for f in folds]
+            cells += [f"{sum(d) / len(d):+.3f}", f"{sum(x > 0 for x in d)}/{len(d)}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def trust(result: dict) -> str:
     """Coverage and width of the intervals, and score-error rank correlations, per fold and summarised."""
     s = result["settings"]
@@ -80,6 +101,8 @@ def main() -> None:
         result = json.loads(path.read_text())
         if path.name.startswith("accuracy_") and "summary" in result:
             print(f"<!-- {path.name} -->\n{accuracy(result)}\n")
+            if "hyperst" in result["summary"] and len(result["folds"]) > 1:
+                print(f"{paired(result)}\n")
         elif path.name.startswith("trust_"):
             print(f"<!-- {path.name} -->\n{trust(result)}\n")
 
