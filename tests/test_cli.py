@@ -10,7 +10,7 @@ import pytest
 from hyperst._cli import main
 
 
-def test_demo_runs_and_writes_its_montage(tmp_path, capsys):
+def test_demo_runs_and_writes_its_montage_and_figures(tmp_path, capsys):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--n-slides", "2", "--n-spots", "120", "--genes", "20", "--max-epochs", "3"]
     assert main(args) == 0
@@ -25,6 +25,10 @@ def test_demo_runs_and_writes_its_montage(tmp_path, capsys):
 
     montage = Image.open(out / "patches.png")
     assert montage.size[0] == 2 * 224 and montage.size[1] % 224 == 0  # rows of spot | niche
+    for name in ("poincare.png", "spatial.png", "history.png", "gene_scores.png"):
+        figure = Image.open(out / name)
+        assert figure.size[0] > 300 and figure.size[1] > 200, name
+        assert name in text
 
 
 def test_bad_input_gives_a_one_line_error_and_nonzero_status(tmp_path, capsys):

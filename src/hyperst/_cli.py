@@ -6,6 +6,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from spatialdata import SpatialData
+
+    from hyperst import HyperST
 
 __all__ = ["main"]
 
@@ -49,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
         train,
         genes=args.genes,
         encoder=args.encoder,
-        weights=None,
+        weights=None if args.weights.lower() == "none" else args.weights,
         max_epochs=args.max_epochs,
         random_state=args.seed,
         cache=out / "features",
@@ -67,9 +74,33 @@ def _demo(args: argparse.Namespace) -> int:
         f"{len(scores)} genes; best: {', '.join(scores.index[:3])}."
     )
     model.save(out / "model")
-    print(f"Wrote {out / 'patches.png'} (spot | niche patches) and the model to {out / 'model'}.")
+    figures = _figures(test, model, scores, out)
+    print(f"Wrote {out / 'patches.png'} (spot | niche patches), {', '.join(figures)} and the model to {out / 'model'}.")
     print(f"Done in {time.perf_counter() - t0:.0f} s.")
     return 0
+
+
+def _figures(test: SpatialData, model: HyperST, scores: pd.DataFrame, out: Path) -> list[str]:
+    """Write the demo's figures (Poincaré disk, measured vs predicted, loss curves, gene scores); return their names."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a command line has no display
+    import matplotlib.pyplot as plt
+
+    import hyperst as hst
+
+    hst.tl.poincare(test, streams=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
+    hst.pl.poincare(test, color="hyperst_radius", ax=axes[0], show=False)
+    hst.pl.poincare(test, color="domain", hierarchy=True, n_lines=20, ax=axes[1], show=False)
+    drawn = {"poincare.png": fig}
+    drawn["spatial.png"] = hst.pl.spatial(test, list(scores.index[:3]), show=False)
+    drawn["history.png"] = hst.pl.history(model, show=False)
+    drawn["gene_scores.png"] = hst.pl.gene_scores(test, show=False).figure
+    for name, figure in drawn.items():
+        figure.savefig(out / name, dpi=120)
+        plt.close(figure)
+    return list(drawn)
 
 
 def _parser() -> argparse.ArgumentParser:
