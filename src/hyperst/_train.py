@@ -112,12 +112,7 @@ class _LitHyperST(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         if not torch.isfinite(loss):
-            msg = (
-                f"The training loss became {loss.item()} at epoch {self.current_epoch}. Likely causes: a learning "
-                "rate too high for this encoder (try `lr=1e-5`), non-finite features or counts, or fp16 overflow "
-                "(try `precision='32-true'`)."
-            )
-            raise FloatingPointError(msg)
+            raise FloatingPointError(_diverged("training", loss.item(), self.current_epoch))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
@@ -165,6 +160,13 @@ class _LitFinetune(_LitHyperST):
         for name in self._trainable():
             params[name].copy_(state[f"encoder.{name}"])
         super().restore({k: v for k, v in state.items() if not k.startswith("encoder.")})
+
+
+def _diverged(loss: str, value: float, epoch: int) -> str:
+    return (
+        f"The {loss} loss became {value} at epoch {epoch}. Likely causes: a learning rate too high for this "
+        "encoder (try `lr=1e-5`), non-finite features or counts, or fp16 overflow (try `precision='32-true'`)."
+    )
 
 
 class _Recorder(L.Callback):
@@ -330,6 +332,9 @@ def train(
             trainer.fit(
                 lit, _loader(train_arrays, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
             )
+    if recorder.best_epoch < 0 and recorder.history:  # early stopping ends a fit whose monitor is never finite
+        stage = "validation" if monitor == "val_loss" else "training"
+        raise FloatingPointError(_diverged(stage, recorder.history[-1].get(monitor, math.nan), 0))
     if recorder.best_state is not None:
         lit.restore(recorder.best_state)
     if checkpoint_dir is not None:

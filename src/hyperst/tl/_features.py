@@ -170,6 +170,14 @@ def extract_features(
                 continue
             spot_out[idx, v] = extractor(dihedral(spot, v))
             niche_out[idx, v] = extractor(dihedral(niche, v))
+    bad = ~(np.isfinite(spot_out).all((1, 2)) & np.isfinite(niche_out).all((1, 2)))
+    if bad.any():  # never cached: a fixed encoder must not leave NaN features on disk for later fits
+        msg = (
+            f"The encoder `{extractor.spec.get('name')}` gave non-finite features for {int(bad.sum())} of {n} spots "
+            f"(first: spot {int(np.flatnonzero(bad)[0])}): check its weights and that it maps "
+            "`(B, 3, 224, 224)` float images to finite `(B, F)` features."
+        )
+        raise ValueError(msg)
     if path is not None:
         group = zarr.open_group(str(path), mode="w")
         group.create_array("spot", data=spot_out)
