@@ -53,8 +53,9 @@ def her2st(
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
 ) -> SpatialData | list[SpatialData]:
-    """Load HER2ST sections (Andersson et al., *Nat. Commun.* 2021) as spatialdata-io lays out a sample.
+    """Load sections of the HER2-positive breast cancer cohort HER2ST as spatialdata-io lays out a sample.
 
+    The data are those of Andersson et al., *Nat. Commun.* 12, 6012 (2021); cite them when you use them.
     The counts, the spot file and the full-resolution H&E JPEG of each section are downloaded once from
     https://github.com/almaan/her2st at commit ``85df741`` and checked against pinned SHA-256 checksums; files
     already in the cache with the right checksum are used as they are. A cached file whose checksum does not
