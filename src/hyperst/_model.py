@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 FORMAT = "hyperst-model"
 FORMAT_VERSION = 1
 _CONFIG, _WEIGHTS, _ENCODER, _LEGACY_WEIGHTS = "config.json", "weights.safetensors", "encoder.safetensors", "weights.pt"
+#: Fix-it sentence for a damaged model folder.
+_RECOPY = "Copy the model folder again from where it was saved, or save the model again with `HyperST.save`."
 
 
 def _version() -> str:
@@ -196,16 +198,24 @@ class HyperST:
         path = Path(path)
         cfg_file = path / _CONFIG
         if not cfg_file.is_file():
-            why = "the folder does not exist" if not path.exists() else f"`{_CONFIG}` not found"
-            msg = f"No hyperst model at `{path}`: {why}."
+            if not path.exists():
+                why = "the folder does not exist"
+            elif path.is_file():
+                why = "it is a file, not a model folder"
+            else:
+                why = f"`{_CONFIG}` not found"
+            msg = f"No hyperst model at `{path}`: {why}. Pass the folder written by `HyperST.save` (with `{_CONFIG}`)."
             raise FileNotFoundError(msg)
         try:
             meta = json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = f"`{cfg_file}` is not valid JSON ({err}); the model folder is corrupt."
+            msg = f"`{cfg_file}` is not valid JSON ({err}); the model folder is corrupt. {_RECOPY}"
             raise ValueError(msg) from err
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            msg = f"`{cfg_file}` is not a hyperst model file (no `format: {FORMAT!r}`)."
+            msg = (
+                f"`{cfg_file}` is not a hyperst model file (no `format: {FORMAT!r}`). Pass the folder written by "
+                "`HyperST.save`."
+            )
             raise ValueError(msg)
         if meta.get("format_version") != FORMAT_VERSION:
             msg = (
@@ -219,13 +229,14 @@ class HyperST:
             genes = [str(g) for g in meta["genes"]]
             module = HyperSTModule(int(meta["n_features"]), len(genes), config.module)
         except (KeyError, TypeError, ValueError) as err:
-            msg = f"`{cfg_file}` does not describe a valid model: {err}"
+            msg = f"`{cfg_file}` does not describe a valid model ({type(err).__name__}: {err}). {_RECOPY}"
             raise ValueError(msg) from err
         state = _read_state(path, _WEIGHTS, meta.get("weights_sha256"))
         try:
             module.load_state_dict(state)
         except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
-            msg = f"The weights in `{path}` do not fit the architecture described in `{_CONFIG}`: {err}"
+            detail = " ".join(line.strip() for line in str(err).splitlines())  # one line, for the CLI
+            msg = f"The weights in `{path}` do not fit the architecture described in `{_CONFIG}` ({detail}). {_RECOPY}"
             raise ValueError(msg) from err
         module.eval()
         # a recorded encoder file is required: without it a random-weight encoder would be silently redrawn
@@ -284,7 +295,9 @@ def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, to
     legacy = path / _LEGACY_WEIGHTS
     if file.exists():
         if expected_sha is not None and _sha256(file) != expected_sha:
-            msg = f"`{file}` does not match the checksum in `{_CONFIG}`: the file is truncated or was modified."
+            msg = (
+                f"`{file}` does not match the checksum in `{_CONFIG}`: the file is truncated or was modified. {_RECOPY}"
+            )
             raise ValueError(msg)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -292,19 +305,26 @@ def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, to
         try:
             return load_file(str(file))
         except (SafetensorError, OSError, ValueError) as err:
-            msg = f"`{file}` is not a readable safetensors file ({err})."
+            msg = f"`{file}` is not a readable safetensors file ({err}). {_RECOPY}"
             raise ValueError(msg) from err
     if name == _WEIGHTS and legacy.exists() and expected_sha is None:  # a checksummed file is not swapped
         try:
             state = torch.load(legacy, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError subclasses for refused payloads
-            msg = f"Refusing `{legacy}`: it is not a plain state dict of tensors ({type(err).__name__})."
+            msg = (
+                f"Refusing `{legacy}`: it is not a plain state dict of tensors ({type(err).__name__}), and hyperst "
+                "never runs code from a model file. Re-save it from trusted code with "
+                "`torch.save(module.state_dict(), ...)`, or save the model with `HyperST.save`."
+            )
             raise ValueError(msg) from err
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            msg = f"Refusing `{legacy}`: expected a dict of tensors."
+            msg = (
+                f"Refusing `{legacy}`: expected a dict of tensors. Re-save it with "
+                "`torch.save(module.state_dict(), ...)`, or save the model with `HyperST.save`."
+            )
             raise ValueError(msg)
         return state
-    msg = f"No weights in `{path}`: `{name}` not found."
+    msg = f"No weights in `{path}`: `{name}` not found. {_RECOPY}"
     raise FileNotFoundError(msg)
 
 

@@ -63,7 +63,9 @@ def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
     return value
 
 
-def pick_one(key: str | None, candidates: Sequence[str], name: str, where: str, what: str) -> str:
+def pick_one(
+    key: str | None, candidates: Sequence[str], name: str, where: str, what: str, *, fix: str | None = None
+) -> str:
     """Resolve ``key`` among ``candidates``: the given one, or the only candidate.
 
     Parameters
@@ -78,6 +80,8 @@ def pick_one(key: str | None, candidates: Sequence[str], name: str, where: str, 
         Container the candidates come from, e.g. ``"sdata.images"``.
     what
         Human description of a valid candidate, e.g. ``"an RGB image aligned with the spots"``.
+    fix
+        Fix-it sentence appended when there is no candidate at all (how to add one).
 
     Returns
     -------
@@ -91,7 +95,7 @@ def pick_one(key: str | None, candidates: Sequence[str], name: str, where: str, 
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
-        msg = f"Found no {what} in `{where}`."
+        msg = f"Found no {what} in `{where}`." + (f" {fix}" if fix else "")
         raise ValueError(msg)
     msg = f"Found several candidates for the {what} in `{where}`: {sorted(candidates)}. Pass `{name}=` to choose one."
     raise ValueError(msg)

@@ -20,12 +20,35 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["SlideElements", "as_spatialdata", "image_levels", "resolve_elements", "shapes_to_image_affine"]
+__all__ = [
+    "ADD_CIRCLES",
+    "ADD_IMAGE",
+    "ADD_TABLE",
+    "SlideElements",
+    "as_spatialdata",
+    "image_levels",
+    "resolve_elements",
+    "shapes_to_image_affine",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Tables written by hyperst itself carry this flag in ``uns`` and are never taken as input.
 OUTPUT_TABLE_FLAG = "hyperst_output_table"
+
+#: Fix-it sentences for missing elements (shared by every function that resolves them).
+ADD_TABLE = (
+    "Add the spots' table with `sdata.tables['table'] = spatialdata.models.TableModel.parse(adata, "
+    "region=<shapes key>, region_key='region', instance_key='spot_id')`, or pass `table_key=`."
+)
+ADD_CIRCLES = (
+    "Add the spot circles with `sdata.shapes[<key>] = spatialdata.models.ShapesModel.parse(centres, geometry=0, "
+    "radius=...)` and point the table at them (`TableModel.parse(..., region=<key>)`)."
+)
+ADD_IMAGE = (
+    "Add the H&E image with `sdata.images[<key>] = spatialdata.models.Image2DModel.parse(...)` in the spots' "
+    "coordinate system."
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +82,10 @@ def as_spatialdata(data: SpatialData | AnnData) -> SpatialData:
         from spatialdata_io.experimental import from_legacy_anndata
 
         return from_legacy_anndata(data)
-    msg = f"Expected `sdata` to be a SpatialData or AnnData object, found `{type(data).__name__}`."
+    msg = (
+        f"Expected `sdata` to be a SpatialData or AnnData object, found `{type(data).__name__}`. Read the slide "
+        "with `spatialdata.read_zarr(path)` or a `spatialdata_io` reader such as `spatialdata_io.visium(...)`."
+    )
     raise TypeError(msg)
 
 
@@ -135,7 +161,7 @@ def resolve_elements(
     from spatialdata.models import get_table_keys
 
     tables = _input_tables(sdata)
-    table_key = pick_one(table_key, tables, "table_key", "sdata.tables", "table of spots")
+    table_key = pick_one(table_key, tables, "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
     table = sdata.tables[table_key]
     try:
         region, region_key, instance_key = get_table_keys(table)
@@ -151,7 +177,7 @@ def resolve_elements(
     if shapes_key is None and not circles:
         msg = (
             f"Table `{table_key!r}` annotates {regions}, but none of these is a shapes element of spot circles "
-            f"(a GeoDataFrame with a `radius` column) in `sdata.shapes` ({sorted(sdata.shapes)})."
+            f"(a GeoDataFrame with a `radius` column) in `sdata.shapes` ({sorted(sdata.shapes)}). {ADD_CIRCLES}"
         )
         raise ValueError(msg)
     shapes_key = pick_one(shapes_key, circles, "shapes_key", f"tables[{table_key!r}] regions", "spot shapes element")
@@ -177,8 +203,7 @@ def resolve_elements(
     if not aligned:
         msg = (
             f"Found no image aligned with the spots `{shapes_key!r}` (sharing a coordinate system) in "
-            f"`sdata.images` ({sorted(sdata.images)}). Add the H&E image with "
-            "`spatialdata.models.Image2DModel.parse(...)` in the spots' coordinate system."
+            f"`sdata.images` ({sorted(sdata.images)}). {ADD_IMAGE}"
         )
         raise ValueError(msg)
     # pixels per shapes unit: the finest image is the full-resolution one

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import expected
+from .._validation import expected, key_not_found
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -39,17 +39,31 @@ def counts_matrix(adata: AnnData, layer: str | None = None, *, name: str = "tabl
         If the values are negative, non-finite or not integers (already normalised or log-transformed).
     """
     if layer is not None and layer not in adata.layers:
-        msg = f"Key `{layer!r}` not found in `{name}.layers`. Available keys: {sorted(adata.layers)}."
+        msg = key_not_found(
+            layer,
+            f"{name}.layers",
+            adata.layers.keys(),
+            "Pass `layer=None` to read `X`, or name a layer of raw counts.",
+        )
         raise KeyError(msg)
     x = adata.X if layer is None else adata.layers[layer]
+    if x is None:
+        msg = f"Expected raw counts in `{name}.X`, found none (`X` is None). Pass `layer=` naming the raw counts."
+        raise ValueError(msg)
     x = sp.csr_matrix(x, dtype=np.float32)
     vals = x.data
     where = f"`{name}.{'X' if layer is None else f'layers[{layer!r}]'}`"
     if vals.size and not np.isfinite(vals).all():
-        msg = f"Expected raw counts in {where}, found NaN or infinite values. Fill or drop them first."
+        msg = (
+            f"Expected raw counts in {where}, found NaN or infinite values. Fill them (e.g. with 0) or drop those "
+            "spots first."
+        )
         raise ValueError(msg)
     if vals.size and vals.min() < 0:
-        msg = f"Expected raw counts in {where}, found negative values (min {vals.min():g})."
+        msg = (
+            f"Expected raw counts in {where}, found negative values (min {vals.min():g}): the matrix looks "
+            "centred or scaled. Pass the raw counts (e.g. `layer='counts'`)."
+        )
         raise ValueError(msg)
     if vals.size and not np.allclose(vals, np.round(vals)):
         msg = (

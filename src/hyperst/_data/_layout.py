@@ -105,11 +105,22 @@ def detect_grid(centres: np.ndarray) -> GridInfo:
     return GridInfo("irregular", pitch, 0)
 
 
-def _spot_centres(sdata: SpatialData, el: SlideElements) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Instance ids of the table's rows, centres of all circles, row→circle positions, radii of the rows."""
-    table = sdata.tables[el.table_key]
-    shapes = sdata.shapes[el.shapes_key]
+def _first(values: np.ndarray) -> object:
+    """First of ``values`` as a plain Python value (for messages: ``100``, not ``np.int64(100)``)."""
+    v = values[0]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _check_rows(table: object, el: SlideElements) -> None:
+    """Refuse an empty table, other regions, a missing instance key, and duplicated names or instance ids."""
     obs = table.obs
+    where = f"sdata.tables[{el.table_key!r}]"
+    if table.n_obs == 0:
+        msg = (
+            f"Table `{el.table_key!r}` has no rows: no spot of `{el.shapes_key!r}` to use. Check the filter that "
+            f"emptied it, or pass `table_key=` naming the table of spots."
+        )
+        raise ValueError(msg)
     if el.region_key in obs.columns:
         other = obs[el.region_key].astype(str) != el.shapes_key
         if other.any():
@@ -121,21 +132,63 @@ def _spot_centres(sdata: SpatialData, el: SlideElements) -> tuple[np.ndarray, np
             raise ValueError(msg)
     if el.instance_key not in obs.columns:
         msg = (
-            f"Column `{el.instance_key!r}` (the table's `instance_key`) not found in "
-            f"`sdata.tables[{el.table_key!r}].obs`."
+            f"Column `{el.instance_key!r}` (the table's `instance_key`) not found in `{where}.obs`. Available "
+            f"columns: {sorted(map(str, obs.columns))}. Re-parse the table with `TableModel.parse(..., "
+            "instance_key=<column naming each row's circle>)`."
         )
         raise KeyError(msg)
-    ids = obs[el.instance_key].to_numpy()
+    dup_names = obs.index.duplicated()
+    if dup_names.any():
+        msg = (
+            f"{int(dup_names.sum())} of {table.n_obs} rows of table `{el.table_key!r}` repeat a spot name of "
+            f"`{where}.obs_names` (e.g. {_first(obs.index[dup_names].to_numpy())!r}). Make them unique with "
+            f"`{where}.obs_names_make_unique()`."
+        )
+        raise ValueError(msg)
+    dup_ids = obs[el.instance_key].duplicated()
+    if dup_ids.any():
+        example = _first(obs.loc[dup_ids, el.instance_key].to_numpy())
+        msg = (
+            f"{int(dup_ids.sum())} of {table.n_obs} rows of table `{el.table_key!r}` name a spot already named by "
+            f"another row in `{where}.obs[{el.instance_key!r}]` (e.g. {example!r}). "
+            "Each row must annotate its own circle: drop the duplicated rows, e.g. "
+            f"`table[~table.obs[{el.instance_key!r}].duplicated()]`."
+        )
+        raise ValueError(msg)
+
+
+def _spot_centres(sdata: SpatialData, el: SlideElements) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Instance ids of the table's rows, centres of all circles, row→circle positions, radii of the rows."""
+    table = sdata.tables[el.table_key]
+    shapes = sdata.shapes[el.shapes_key]
+    _check_rows(table, el)
+    if not shapes.index.is_unique:
+        dup = shapes.index[shapes.index.duplicated()].to_numpy()
+        msg = (
+            f"The index of shapes `{el.shapes_key!r}` repeats {len(dup)} circle ids (e.g. {_first(dup)!r}), so the "
+            f"table's `{el.instance_key}` column cannot tell them apart. Give every circle its own id, e.g. "
+            f"`sdata.shapes[{el.shapes_key!r}].index = range(len(...))` and the same ids in the table."
+        )
+        raise ValueError(msg)
+    ids = table.obs[el.instance_key].to_numpy()
     pos = shapes.index.get_indexer(ids)
     missing = pos < 0
     if missing.any():
         msg = (
             f"{int(missing.sum())} of {len(ids)} rows of table `{el.table_key!r}` name spots missing from shapes "
-            f"`{el.shapes_key!r}` (e.g. {list(ids[missing][:3])}). The table's `{el.instance_key}` column must "
+            f"`{el.shapes_key!r}` (e.g. {ids[missing][:3].tolist()}). The table's `{el.instance_key}` column must "
             "match the shapes' index."
         )
         raise ValueError(msg)
     all_xy = np.column_stack([shapes.geometry.x.to_numpy(), shapes.geometry.y.to_numpy()]).astype(float)
+    bad = ~np.isfinite(all_xy).all(1)
+    if bad.any():
+        msg = (
+            f"{int(bad.sum())} of {len(all_xy)} circles of shapes `{el.shapes_key!r}` have no finite centre (NaN "
+            f"or infinite coordinates; e.g. circle {_first(shapes.index[bad].to_numpy())!r}). Drop them from the "
+            "shapes and the table, or fix their coordinates."
+        )
+        raise ValueError(msg)
     radius = shapes["radius"].to_numpy(dtype=float)[pos]
     return ids, all_xy, pos, radius
 
@@ -152,6 +205,16 @@ def _check_axis_aligned(affine: np.ndarray, el: SlideElements) -> tuple[float, f
         )
         raise ValueError(msg)
     return sx, sy
+
+
+def _check_diameter(diameter_px: float, el: SlideElements) -> None:
+    if not np.isfinite(diameter_px) or diameter_px <= 0:
+        msg = (
+            f"Expected positive spot radii in `sdata.shapes[{el.shapes_key!r}]['radius']`, found a median diameter "
+            f"of `{diameter_px:g}` px in image `{el.image_key!r}`. Set each circle's radius in the shapes' "
+            "coordinate units (Visium: 27.5 µm in pixels of the full-resolution image)."
+        )
+        raise ValueError(msg)
 
 
 def slide_layout(
@@ -208,6 +271,8 @@ def slide_layout(
         elif tech is not None:
             diam_um = SPOT_DIAMETER_UM[tech]
             source = f"spot diameter {diam_um:g} µm ({'Visium' if tech == 'visium' else 'legacy ST'} grid)"
+        elif not need_image:  # the niche graph needs no physical scale
+            diam_um, source = float("nan"), "unknown (no grid, and no image to crop)"
         else:
             msg = (
                 f"Cannot derive the pixel size of image `{el.image_key!r}`: the spots of `{el.shapes_key!r}` lie on "
@@ -215,10 +280,10 @@ def slide_layout(
                 "(or `spot_diameter_um=`)."
             )
             raise ValueError(msg)
-        if not np.isfinite(diameter_px) or diameter_px <= 0:
-            msg = f"Expected positive spot radii in `sdata.shapes[{el.shapes_key!r}]['radius']`."
-            raise ValueError(msg)
-        mpp = diam_um / diameter_px
+        usable = np.isfinite(diam_um) and np.isfinite(diameter_px) and diameter_px > 0
+        if need_image and not usable:
+            _check_diameter(diameter_px, el)
+        mpp = diam_um / diameter_px if usable else float("nan")
         if tech is not None and np.isfinite(grid.pitch):
             pitch_um = grid.pitch * mpp
             expected_pitch = GRID_PITCH_UM[tech] * diam_um / SPOT_DIAMETER_UM[tech]
@@ -233,12 +298,13 @@ def slide_layout(
                 )
 
     if need_image:
+        _check_diameter(diameter_px, el)  # patches of the niche are sized by it, whatever gave the scale
         h, w = image_shape
         outside = (centres[:, 0] < 0) | (centres[:, 0] >= w) | (centres[:, 1] < 0) | (centres[:, 1] >= h)
         if outside.any():
             msg = (
                 f"{int(outside.sum())} of {len(centres)} spots of `{el.shapes_key!r}` lie outside image "
-                f"`{el.image_key!r}` ({w} x {h} px), e.g. spot {ids[outside][0]!r} at pixel "
+                f"`{el.image_key!r}` ({w} x {h} px), e.g. spot {_first(ids[outside])!r} at pixel "
                 f"{np.round(centres[outside][0], 1).tolist()}. Check the transformations, or drop those spots "
                 "from the table."
             )

@@ -127,9 +127,18 @@ class PatchReader:
         self.levels = image_levels(sdata.images[image_key])
         base = self.levels[0]
         if "c" not in base.dims or base.sizes["c"] != 3:
+            n = base.sizes.get("c", 0)
+            fix = "Pass `image_key=` naming the H&E image"
+            if n == 4:
+                fix += (
+                    ", or keep its RGB channels: `sdata.images[k] = Image2DModel.parse(img.isel(c=[0, 1, 2]), ...)` "
+                    "(an RGBA scan's alpha channel carries no stain)"
+                )
+            elif n == 1:
+                fix += ", or stack the grey channel three times (`np.repeat(grey, 3, axis=0)`) if it is a grey H&E scan"
             msg = (
                 f"Expected image `{image_key!r}` to be RGB with 3 channels along `c`, found dims "
-                f"{dict(base.sizes)}. Pass `image_key=` naming the H&E image."
+                f"{dict(base.sizes)}. {fix}."
             )
             raise ValueError(msg)
         if base.dtype != np.uint8:

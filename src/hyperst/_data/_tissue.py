@@ -50,7 +50,9 @@ def low_res(image: object, image_key: str) -> tuple[np.ndarray, tuple[float, flo
     full_h, full_w = int(levels[0].sizes["y"]), int(levels[0].sizes["x"])
     n_channels = int(levels[0].sizes["c"])
     if n_channels < 3:
-        raise ValueError(expected(f"images[{image_key!r}]", "an RGB image (3 channels)", n_channels))
+        msg = expected(f"images[{image_key!r}]", "an RGB image (3 channels)", n_channels)
+        msg = f"{msg} Pass `image_key=` naming the H&E image."
+        raise ValueError(msg)
     fits = [lvl for lvl in levels if max(lvl.sizes["y"], lvl.sizes["x"]) <= MAX_MASK_SIDE]
     level = fits[0] if fits else levels[-1]
     h, w = int(level.sizes["y"]), int(level.sizes["x"])

@@ -6,6 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy.sparse as sp
 
 from .._constants import Keys
 from .._data import as_spatialdata, slide_layout
@@ -53,7 +54,8 @@ def niche_graph(
     The graph comes from squidpy's spatial-neighbour builders: a grid graph for Visium (hexagonal, 6
     neighbours) and legacy ST (square, 4 neighbours), detected from the spot layout, and a k-nearest-neighbour
     graph (``n_neighs``, default 6) for other layouts. Spot centres are read from the circles through the
-    table's ``instance_key``, so tables filtered after reading work; ``obsm['spatial']`` is never changed.
+    table's ``instance_key``, so tables filtered after reading work; ``obsm['spatial']`` is never changed. A
+    table of a single spot gets an empty graph (the spot is its own niche).
 
     Parameters
     ----------
@@ -96,9 +98,20 @@ def niche_graph(
         raise ValueError(expected("n_rings", "an integer >= 1", n_rings))
     keys = Keys(key_added)
     table, centres, _ = _table_and_centres(sdata, table_key, shapes_key)
-    if len(centres) < 2:
-        msg = f"Expected at least 2 spots to build a niche graph, found {len(centres)}."
+    if len(centres) == 0:
+        msg = (
+            "Expected at least one spot to build a niche graph, found an empty table. Pass `table_key=` naming "
+            "the table of spots."
+        )
         raise ValueError(msg)
+    if len(centres) == 1:  # a lone spot is its own niche: an empty graph, not an error
+        empty = sp.csr_matrix((1, 1), dtype=np.float32)
+        params = {
+            "connectivities_key": keys.connectivities,
+            "distances_key": keys.distances,
+            "params": {"grid": "none", "n_rings": n_rings, "pitch": float("nan")},
+        }
+        return _store(table, empty, empty.copy(), params, keys, inplace)
     grid = detect_grid(centres)
     tmp = AnnData(obs={"_": np.zeros(len(centres))}, obsm={"spatial": centres})
     k = n_neighs if n_neighs is not None else 6
@@ -115,16 +128,26 @@ def niche_graph(
             )
     conn = tmp.obsp[keys.connectivities].tocsr()
     dist = tmp.obsp[keys.distances].tocsr()
+    params = dict(tmp.uns[keys.neighbors_uns])
+    extra = {"grid": grid.kind, "n_rings": n_rings, "pitch": float(grid.pitch)}
+    params["params"] = {**params.get("params", {}), **extra}
+    return _store(table, conn, dist, params, keys, inplace)
+
+
+def _store(
+    table: AnnData,
+    conn: csr_matrix,
+    dist: csr_matrix,
+    params: dict,
+    keys: Keys,
+    inplace: bool,  # noqa: FBT001
+) -> tuple[csr_matrix, csr_matrix] | None:
+    """Return the matrices, or write them and the parameters into ``table``."""
     if not inplace:
         return conn, dist
-    params = dict(tmp.uns[keys.neighbors_uns])
-    params["params"] = {
-        **params.get("params", {}),
-        "grid": grid.kind,
-        "n_rings": n_rings,
-        "pitch": float(grid.pitch),
-    }
-    logger.info("Adding `obsp['%s']`, `obsp['%s']` (%s grid)", keys.connectivities, keys.distances, grid.kind)
+    logger.info(
+        "Adding `obsp['%s']`, `obsp['%s']` (%s grid)", keys.connectivities, keys.distances, params["params"]["grid"]
+    )
     table.obsp[keys.connectivities] = conn
     table.obsp[keys.distances] = dist
     table.uns[keys.neighbors_uns] = params

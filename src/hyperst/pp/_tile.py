@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data._elements import OUTPUT_TABLE_FLAG
+from .._data._elements import ADD_IMAGE, OUTPUT_TABLE_FLAG
 from .._data._tissue import low_res, tissue_mask
 from .._utils import progress
 from .._validation import check_positive, expected, pick_one
@@ -49,7 +49,7 @@ def _pick_image(sdata: SpatialData, image_key: str | None) -> str:
 
     names = list(sdata.images)
     if image_key is not None or len(names) <= 1:
-        return pick_one(image_key, names, "image_key", "sdata.images", "H&E image")
+        return pick_one(image_key, names, "image_key", "sdata.images", "H&E image", fix=ADD_IMAGE)
     shared = set.intersection(*(set(get_transformation(sdata.images[k], get_all=True)) for k in names))
     if shared:
         cs = sorted(shared)[0]

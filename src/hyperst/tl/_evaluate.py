@@ -16,7 +16,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .._constants import Keys
-from .._data._elements import _input_tables
+from .._data._elements import ADD_TABLE, _input_tables
 from .._data._genes import counts_matrix
 from .._docs import doc_params
 from .._validation import check_choice, check_key, key_not_found, pick_one
@@ -118,7 +118,7 @@ def _resolve_table(sdata: SpatialData | AnnData, table_key: str | None) -> tuple
     if isinstance(sdata, AnnData):
         return sdata, "adata"
     sd = as_spatialdata(sdata)
-    key = pick_one(table_key, _input_tables(sd), "table_key", "sdata.tables", "table of spots")
+    key = pick_one(table_key, _input_tables(sd), "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
     return sd.tables[key], f"sdata.tables[{key!r}]"
 
 
@@ -131,11 +131,12 @@ def _measured(table: AnnData, name: str, counts_layer: str | None, target: str, 
         raise ValueError(msg)
     try:
         counts = counts_matrix(table, counts_layer, name=name)
-    except ValueError as err:
-        msg = str(err).replace("`layer=", "`counts_layer=")
+    except (KeyError, ValueError) as err:  # the fix names `counts_layer=`, evaluate's argument for `layer=`
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        msg = text.replace("`layer=", "`counts_layer=")
         if "counts_layer=" not in msg:
             msg = f"{msg} Pass `counts_layer=` to read raw counts from a layer."
-        raise ValueError(msg) from err
+        raise type(err)(msg) from err
     values = counts[:, cols].toarray().astype(np.float64)
     if target == "log2_cp10k":
         lib = np.asarray(counts.sum(1), dtype=np.float64).ravel()
@@ -289,7 +290,7 @@ def evaluate(
     if layer not in table.layers:
         raise KeyError(key_not_found(layer, f"{name}.layers", table.layers.keys(), "Run `hyperst.tl.predict` first."))
     if table.n_obs == 0:
-        msg = f"Table `{name}` has no spots to evaluate."
+        msg = f"Table `{name}` has no spots to evaluate. Pass `table_key=` naming the table that was predicted."
         raise ValueError(msg)
     provenance = table.uns.get(keys.uns)
     if target is None:

@@ -19,7 +19,7 @@ from .._model import HyperST
 from .._train import TrainArrays, train
 from .._validation import expected
 from ._evaluate import gene_metrics
-from ._prepare import SlideInput, load_slide, slide_features, slide_gene_arrays
+from ._prepare import SlideInput, check_counts, check_spots, load_slide, slide_features, slide_gene_arrays
 from ._trust import calibration, reference_qc, spot_radius, stain_od
 
 if TYPE_CHECKING:
@@ -69,6 +69,8 @@ def _choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: s
 def _split(slides: list[SlideInput], rows: list[np.ndarray], cfg: HyperSTConfig) -> tuple[list, list]:
     """(slide, rows) pairs for training and validation: by slide, or spatial blocks of a single slide."""
     rng = np.random.default_rng(cfg.random_state)
+    used = [i for i, r in enumerate(rows) if len(r)]  # a slide without usable spots can neither train nor validate
+    slides, rows = [slides[i] for i in used], [rows[i] for i in used]
     if len(slides) > 1:
         n_val = min(max(1, round(cfg.val_fraction * len(slides))), len(slides) - 1)
         val_ids = set(rng.permutation(len(slides))[:n_val].tolist())
@@ -78,6 +80,8 @@ def _split(slides: list[SlideInput], rows: list[np.ndarray], cfg: HyperSTConfig)
     slide, r = slides[0], rows[0]
     x = slide.layout.centres_px[r, 0]
     cut = np.quantile(x, 1 - cfg.val_fraction)  # a contiguous vertical band: no neighbour leaks across
+    if not (x < cut).any():  # every spot in one column: nothing left to train on beside the band
+        return [(slide, r)], []
     return [(slide, r[x < cut])], [(slide, r[x >= cut])]
 
 
@@ -298,6 +302,7 @@ def fit(
         )
         if any(s.name == slide.name for s in slides):
             slide.name = f"{slide.name}_{i}"
+        check_counts(slide, layer)
         slides.append(slide)
     names = _choose_genes(slides, genes, layer)
     logger.info("Training on %d slide(s), %d genes", len(slides), len(names))
@@ -325,6 +330,7 @@ def fit(
         rows.append(keep)
         if extractor is not None:
             slide_features(s, extractor, cfg, views=cfg.views, batch_size=feature_batch_size, cache=cache)
+    check_spots(slides, rows)
     cfg = cfg.with_encoder_width(n_features)
     train_part, val_part = _split(slides, rows, cfg)
     trainer = {
@@ -384,7 +390,7 @@ def fit(
         )
     training = {
         "slides": [s.name for s in slides],
-        "validation_slides": sorted({s.name for s, _ in val_part}) if len(slides) > 1 else [],
+        "validation_slides": sorted({s.name for s, _ in val_part} - {s.name for s, _ in train_part}),
         "n_spots": {s.name: int(len(r)) for s, r in zip(slides, rows, strict=True)},
         "microns_per_pixel": {s.name: float(s.layout.microns_per_pixel) for s in slides},
         "technology": sorted({s.layout.technology for s in slides}),

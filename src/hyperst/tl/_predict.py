@@ -67,7 +67,8 @@ def _extractor(model: HyperST) -> FeatureExtractor:
     if ext.n_features != model.module.n_features:
         msg = (
             f"The encoder gives {ext.n_features} features but the model reads {model.module.n_features}: "
-            "the encoder does not match the one the model was trained with."
+            "the encoder does not match the one the model was trained with. Load the model with its own encoder "
+            "(`HyperST.load(path, encoder=...)` for a custom one), or refit it."
         )
         raise ValueError(msg)
     return ext
@@ -185,7 +186,10 @@ def predict(
     from ..pp import niche_graph
 
     if not isinstance(model, HyperST):
-        msg = f"Expected `model` to be a hyperst.HyperST, found `{type(model).__name__}`."
+        msg = (
+            f"Expected `model` to be a hyperst.HyperST, found `{type(model).__name__}`. Train one with "
+            "`hyperst.tl.fit(...)` or read a saved one with `hyperst.HyperST.load(path)`."
+        )
         raise TypeError(msg)
     if not isinstance(views, int) or not 1 <= views <= 8:
         msg = f"Expected `views` to be an integer from 1 to 8, found `{views!r}`."

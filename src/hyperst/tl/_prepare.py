@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from .._config import HyperSTConfig
     from ._features import FeatureExtractor
 
-__all__ = ["SlideInput", "geometry_from", "load_slide", "slide_features", "slide_gene_arrays"]
+__all__ = [
+    "SlideInput",
+    "check_counts",
+    "check_spots",
+    "geometry_from",
+    "load_slide",
+    "slide_features",
+    "slide_gene_arrays",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +64,36 @@ def load_slide(
     )
     table = sdata.tables[layout.elements.table_key]
     return SlideInput(name or layout.elements.shapes_key, sdata, layout, table)
+
+
+def check_counts(slide: SlideInput, layer: str | None) -> None:
+    """Refuse a training table without genes or without a single count."""
+    key = slide.layout.elements.table_key
+    if slide.table.n_vars == 0:
+        msg = (
+            f"Table `{key!r}` of slide `{slide.name}` holds no genes (`n_vars == 0`): there is nothing to train on. "
+            "Pass `table_key=` naming the table of raw counts (a table written by `hyperst.pp.tile` has none)."
+        )
+        raise ValueError(msg)
+    if counts_matrix(slide.table, layer, name=f"sdata.tables[{key!r}]").count_nonzero() == 0:
+        where = "X" if layer is None else f"layers[{layer!r}]"
+        msg = (
+            f"Table `{key!r}` of slide `{slide.name}` holds only zero counts in `{where}`. Pass `layer=` naming the "
+            "raw counts, or leave this slide out of the training slides."
+        )
+        raise ValueError(msg)
+
+
+def check_spots(slides: list[SlideInput], rows: list[np.ndarray]) -> None:
+    """Refuse a fit with fewer than two spots that have counts of the model genes."""
+    total = sum(len(r) for r in rows)
+    if total < 2:
+        per_slide = {s.name: len(r) for s, r in zip(slides, rows, strict=True)}
+        msg = (
+            f"Expected at least 2 spots with counts of the model genes to train on, found {total} ({per_slide}). "
+            "Train on more spots or slides, or choose other `genes=`."
+        )
+        raise ValueError(msg)
 
 
 def slide_gene_arrays(
