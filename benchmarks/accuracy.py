@@ -89,7 +89,7 @@ def _xy(s, genes: list[str], cfg) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _val_names(train_names: list[str], cfg) -> set[str]:
-    """The validation sections ``tl.fit`` holds out (same rule as ``hyperst.tl._fit._split``)."""
+    """The validation sections ``tl.fit`` holds out (same rule as ``hyperst.tl._fit_setup.split_slides``)."""
     rng = np.random.default_rng(cfg.random_state)
     n = len(train_names)
     n_val = min(max(1, round(cfg.val_fraction * n)), n - 1)

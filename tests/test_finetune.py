@@ -14,7 +14,7 @@ from hyperst._data import dihedral
 from hyperst._train import _LitFinetune
 from hyperst.nn import apply_lora, build_encoder
 from hyperst.tl._finetune import PatchDataset
-from hyperst.tl._fit import _split
+from hyperst.tl._fit_setup import split_slides as _split
 from hyperst.tl._prepare import load_slide
 
 # A random-weight resnet18 (8 blocks, so `lora_blocks` must be lowered from UNI's 11) on tiny slides: seconds.

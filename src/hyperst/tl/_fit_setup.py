@@ -1,0 +1,106 @@
+"""What ``hst.tl.fit`` trains on: the genes, the training/validation split and the checkpoint folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .._config import HyperSTConfig
+from .._data._genes import select_hmhvg
+from .._validation import expected
+from ._prepare import SlideInput
+
+__all__ = ["checkpoint_folder", "choose_genes", "split_slides"]
+
+logger = logging.getLogger(__name__)
+
+
+def choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: str | None) -> list[str]:
+    """Choose the model's genes: the top ``genes`` HMHVG genes of the training slides, or check the names given."""
+    if isinstance(genes, int) and not isinstance(genes, bool):
+        if genes < 1:
+            raise ValueError(expected("genes", "a positive integer or a list of gene names", genes))
+        return select_hmhvg([s.table for s in slides], genes, layer=layer)
+    if isinstance(genes, str) or not isinstance(genes, Sequence) or len(genes) == 0:
+        raise ValueError(expected("genes", "a positive integer or a non-empty list of gene names", genes))
+    names = [str(g) for g in genes]
+    if len(set(names)) != len(names):
+        msg = "Expected `genes` to hold distinct names, found duplicates."
+        raise ValueError(msg)
+    for s in slides:
+        missing = [g for g in names if g not in s.table.var_names]
+        if missing:
+            msg = (
+                f"{len(missing)} requested genes are missing from the table of slide `{s.name}` (e.g. "
+                f"{missing[:5]}). Use genes measured on every training slide."
+            )
+            raise KeyError(msg)
+    return names
+
+
+def split_slides(slides: list[SlideInput], rows: list[np.ndarray], cfg: HyperSTConfig) -> tuple[list, list]:
+    """(slide, rows) pairs for training and validation: by slide, or spatial blocks of a single slide."""
+    rng = np.random.default_rng(cfg.random_state)
+    used = [i for i, r in enumerate(rows) if len(r)]  # a slide without usable spots can neither train nor validate
+    slides, rows = [slides[i] for i in used], [rows[i] for i in used]
+    if len(slides) > 1:
+        n_val = min(max(1, round(cfg.val_fraction * len(slides))), len(slides) - 1)
+        val_ids = set(rng.permutation(len(slides))[:n_val].tolist())
+        train_part = [(s, r) for i, (s, r) in enumerate(zip(slides, rows, strict=True)) if i not in val_ids]
+        val_part = [(s, r) for i, (s, r) in enumerate(zip(slides, rows, strict=True)) if i in val_ids]
+        return train_part, val_part
+    slide, r = slides[0], rows[0]
+    x = slide.layout.centres_px[r, 0]
+    cut = np.quantile(x, 1 - cfg.val_fraction)  # a contiguous vertical band: no neighbour leaks across
+    if not (x < cut).any():  # every spot in one column: nothing left to train on beside the band
+        return [(slide, r)], []
+    return [(slide, r[x < cut])], [(slide, r[x >= cut])]
+
+
+def checkpoint_folder(
+    checkpoint_dir: str | os.PathLike | None,
+    resume: bool,  # noqa: FBT001
+    cfg: HyperSTConfig,
+    genes: list[str],
+    slides: list[SlideInput],
+    n_features: int,
+) -> Path | None:
+    """Prepare ``checkpoint_dir`` (its ``fit.json`` records what is trained); refuse to resume a different fit."""
+    if checkpoint_dir is None:
+        if resume:
+            msg = "`resume=True` needs the `checkpoint_dir` of the interrupted fit."
+            raise ValueError(msg)
+        return None
+    root = Path(checkpoint_dir)
+    record = {
+        "config": cfg.to_dict(),
+        "genes": genes,
+        "slides": {s.name: int(len(s.layout.centres_px)) for s in slides},
+        "n_features": n_features,
+    }
+    record = json.loads(json.dumps(record))
+    marker = root / "fit.json"
+    if marker.is_file():
+        if not resume:
+            msg = (
+                f"`checkpoint_dir` `{root}` holds checkpoints of an earlier fit: pass `resume=True` to continue it, "
+                "or name an empty folder."
+            )
+            raise ValueError(msg)
+        if json.loads(marker.read_text()) != record:
+            msg = (
+                f"The checkpoints in `{root}` belong to a fit with other data, genes or settings; resume with the "
+                "same arguments, or name an empty folder to start afresh."
+            )
+            raise ValueError(msg)
+    else:
+        if resume:
+            logger.info("No checkpoint in `%s` yet: starting the fit from the beginning", root)
+        root.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record))
+    return root
