@@ -3,6 +3,7 @@
 Prints a table and writes JSON (default ``benchmarks/results/speed.json``)::
 
     python benchmarks/speed.py --sizes 1000 4000 16000 --encoder resnet18
+    python benchmarks/speed.py --sizes 1000 4000 16000 --encoder squidpy --memory-only   # peak memory only
 
 For each size (one synthetic Visium slide, 1 µm/px) and each encoder, measured in one run on one machine:
 
@@ -13,9 +14,10 @@ For each size (one synthetic Visium slide, 1 µm/px) and each encoder, measured 
 - ``epoch``: seconds per epoch of :func:`hyperst.tl.fit` on cached features, ``(t(E) - t(1)) / (E - 1)`` from two
   warm fits of 1 and ``--epochs`` epochs (``patience`` larger than the epochs, so none stops early);
 - ``predict``: spots/s of :func:`hyperst.tl.predict` with the features cached and without a cache;
-- ``peak``: memory of feature extraction and of predict (no cache), measured in a fresh subprocess per size:
-  the rise of the resident set (``VmHWM`` reset through ``/proc/self/clear_refs``, else ``ru_maxrss``) and
-  the ``tracemalloc`` peak (numpy/Python allocations only; torch's allocator is not traced).
+- ``peak``: memory of feature extraction and of predict (no cache), measured in a fresh subprocess per size on
+  the slide written to zarr and read back lazily (as a slide on disk is read): the rise of the resident set
+  (``VmHWM`` reset through ``/proc/self/clear_refs``, else ``ru_maxrss``) and the ``tracemalloc`` peak
+  (numpy/Python allocations only; torch's allocator is not traced).
 
 Growth is reported as ratios between consecutive sizes: time ratios (``t(4k)/t(1k)``; 4.0 is linear) and
 memory ratios. ``resnet18`` runs with ``weights=None`` (random, offline). ``--views 1`` by default: a default
@@ -132,16 +134,50 @@ def _measure_memory(fn) -> dict:
 
 
 def _memory_child(args: argparse.Namespace) -> None:
-    """In a fresh process: peak memory of feature extraction, then of predict (no cache), for one size."""
+    """In a fresh process: peak memory of feature extraction, then of predict (no cache), for one size.
+
+    The slide is read from the zarr store the parent wrote, so its image is read lazily, tile by tile, as a
+    user's slide on disk is: the rise of the resident set is what hyperst holds, not the image.
+    """
+    import spatialdata as sd
+
     hst.settings.progress_bar = False
-    sdata = _slide(args.child_size)
+    sdata = sd.read_zarr(args.child_store)
     layout, extractor = _prepare(sdata, args.child_encoder)
     out = {"features": _measure_memory(lambda: _extract(sdata, layout, extractor, args.views, args.batch_size, False))}
     model = hst.HyperST.load(args.child_model)
+    t0 = time.perf_counter()
     out["predict"] = _measure_memory(
         lambda: hst.tl.predict(sdata, model, inplace=False, batch_size=args.batch_size, cache=False)
     )
+    out["predict"]["seconds"] = time.perf_counter() - t0
     print("MEMORY_JSON " + json.dumps(out))
+
+
+def _store(sdata, path: Path) -> int:
+    """Write ``sdata`` to a fresh zarr store; return the bytes of its largest image (full resolution)."""
+    import warnings
+
+    shutil.rmtree(path, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's notice about a future default
+        sdata.write(path)
+    arrays = [el["scale0"].image if hasattr(el, "children") else el for el in sdata.images.values()]
+    return max(int(a.size * a.dtype.itemsize) for a in arrays)
+
+
+def _memory(store: Path, encoder: str, model_path: Path, args: argparse.Namespace) -> dict:
+    """Peak memory of features and predict for the store, measured in a fresh subprocess."""
+    cmd = [sys.executable, __file__, "--child-store", str(store), "--child-encoder", encoder]
+    cmd += ["--child-model", str(model_path), "--views", str(args.views), "--batch-size", str(args.batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY_JSON ")]
+    if proc.returncode or not lines:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        msg = f"memory subprocess failed for `{store}`"
+        raise RuntimeError(msg)
+    mem = json.loads(lines[-1].removeprefix("MEMORY_JSON "))
+    return {f"{stage}_{k}": v for stage, d in mem.items() for k, v in d.items()}
 
 
 def _bench(n_spots: int, encoder: str, args: argparse.Namespace, tmp: Path) -> dict:
@@ -196,33 +232,35 @@ def _bench(n_spots: int, encoder: str, args: argparse.Namespace, tmp: Path) -> d
 
     model_path = tmp / f"model_{encoder}_{n_spots}"
     model.save(model_path, overwrite=True)
+    store = tmp / f"slide_{n_spots}.zarr"
+    row["image_bytes"] = _store(sdata, store)
     del sdata, model
     gc.collect()
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child-size",
-        str(n_spots),
-        "--child-encoder",
-        encoder,
-        "--child-model",
-        str(model_path),
-        "--views",
-        str(args.views),
-        "--batch-size",
-        str(args.batch_size),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY_JSON ")]
-    if proc.returncode or not lines:
-        print(proc.stderr[-3000:], file=sys.stderr)
-        msg = f"memory subprocess failed for {n_spots} spots"
-        raise RuntimeError(msg)
-    mem = json.loads(lines[-1].removeprefix("MEMORY_JSON "))
-    for stage, d in mem.items():
-        for k, v in d.items():
-            row[f"{stage}_{k}"] = v
+    row |= _memory(store, encoder, model_path, args)
     return row
+
+
+def _bench_memory(sizes: list[int], encoder: str, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """``--memory-only``: one model fitted on the smallest slide, then peak memory of features and predict per size."""
+    model_path = tmp / f"model_{encoder}_memory"
+    sdata = _slide(min(sizes))
+    _fit(sdata, encoder, 2, args.views, args.batch_size, tmp / f"cache_{encoder}_memory").save(
+        model_path, overwrite=True
+    )
+    rows = []
+    for n_spots in sizes:
+        t0 = time.perf_counter()
+        sdata = _slide(n_spots)
+        row = {"spots": sdata.tables["table"].n_obs, "encoder": encoder, "views": args.views}
+        row["batch_size"] = args.batch_size
+        store = tmp / f"slide_{n_spots}.zarr"
+        row["image_bytes"] = _store(sdata, store)
+        del sdata
+        gc.collect()
+        row |= _memory(store, encoder, model_path, args)
+        rows.append(row)
+        print(f"[{encoder} {n_spots} spots: memory done in {time.perf_counter() - t0:.0f} s]", flush=True)
+    return rows
 
 
 _TIME_KEYS = ["patch_s", "pipeline_s", "forward_s", "epoch_s", "predict_nocache_s", "predict_cached_s"]
@@ -241,18 +279,42 @@ def _growth(rows: list[dict]) -> list[dict]:
         for a, b in zip(rs, rs[1:], strict=False):
             g = {"encoder": enc, "from": a["spots"], "to": b["spots"], "work_ratio": b["spots"] / a["spots"]}
             for k in _TIME_KEYS:  # forward: per spot, so the rate ratio is the meaningful one
+                if k not in a:
+                    continue
                 if k == "forward_s":
                     g["forward_rate_ratio"] = b["forward_spots_per_s"] / a["forward_spots_per_s"]
                 else:
                     g[k.removesuffix("_s") + "_time_ratio"] = b[k] / a[k]
             for k in _MEM_KEYS:
                 g[k.removesuffix("_bytes") + "_ratio"] = b[k] / a[k] if a[k] > 0 else None
+            g["predict_child_time_ratio"] = b["predict_seconds"] / a["predict_seconds"]
             out.append(g)
     return out
 
 
 def _mib(x: float) -> str:
     return f"{x / 2**20:.0f}"
+
+
+def _print_memory(rows: list[dict], growth: list[dict]) -> None:
+    print("peak memory, slide read lazily from zarr (MiB): RSS rise and tracemalloc peak; image = its full-resolution")
+    print(f"{'encoder':<10}{'spots':>7}{'image':>8}{'featMiB':>9}{'featTM':>8}{'predMiB':>9}{'predTM':>8}{'pred s':>8}")
+    for r in rows:
+        print(
+            f"{r['encoder']:<10}{r['spots']:>7}{_mib(r['image_bytes']):>8}{_mib(r['features_rss_rise_bytes']):>9}"
+            f"{_mib(r['features_tracemalloc_peak_bytes']):>8}{_mib(r['predict_rss_rise_bytes']):>9}"
+            f"{_mib(r['predict_tracemalloc_peak_bytes']):>8}{r['predict_seconds']:>8.0f}"
+        )
+    if growth:
+        print("\ngrowth between sizes (work ratio = spots; memory ratios near 1 = bounded):")
+        print(f"{'encoder':<10}{'sizes':>12}{'work':>6}{'featMem':>9}{'predMem':>9}{'predTime':>9}")
+        for g in growth:
+            fm, pm = g["features_rss_rise_ratio"], g["predict_rss_rise_ratio"]
+            print(
+                f"{g['encoder']:<10}{str(g['from']) + '->' + str(g['to']):>12}{g['work_ratio']:>6.1f}"
+                f"{'n/a' if fm is None else f'{fm:.2f}':>9}{'n/a' if pm is None else f'{pm:.2f}':>9}"
+                f"{g['predict_child_time_ratio']:>9.2f}"
+            )
 
 
 def _print(rows: list[dict], growth: list[dict], epochs: int) -> None:
@@ -300,11 +362,16 @@ def main() -> None:
     parser.add_argument("--forward-spots", type=int, default=256, help="spots whose patches time the bare encoder")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "speed.json"))
     parser.add_argument("--tmp", default="/tmp/hyperst_speed")
-    parser.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only peak memory of features and predict per size (slides read lazily from zarr), and their growth",
+    )
+    parser.add_argument("--child-store", help=argparse.SUPPRESS)
     parser.add_argument("--child-encoder", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child_size is not None:
+    if args.child_store is not None:
         _memory_child(args)
         return
     if args.epochs < 2:
@@ -317,12 +384,15 @@ def main() -> None:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     rows = []
     for enc in args.encoder:
+        if args.memory_only:
+            rows += _bench_memory(args.sizes, enc, args, tmp)
+            continue
         for n in args.sizes:
             t0 = time.perf_counter()
             rows.append(_bench(n, enc, args, tmp))
             print(f"[{enc} {n} spots done in {time.perf_counter() - t0:.0f} s]", flush=True)
     growth = _growth(rows)
-    _print(rows, growth, args.epochs)
+    (_print_memory(rows, growth) if args.memory_only else _print(rows, growth, args.epochs))
     try:
         load = os.getloadavg()
     except OSError:
