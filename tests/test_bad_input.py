@@ -26,7 +26,7 @@ import torch
 import hyperst as hst
 from conftest import hex_centres, make_slide
 from hyperst._cli import main
-from test_io import _tiny
+from test_io import _edit_config, _tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -208,17 +208,6 @@ def _affine(s, matrix: list[list[float]]) -> None:
 
 def _saved(model, tmp_path: Path) -> Path:
     return model.save(tmp_path / "model")
-
-
-def _edit_config(folder: Path, **changes) -> None:
-    file = folder / "config.json"
-    meta = json.loads(file.read_text())
-    for k, v in changes.items():
-        if v is None:
-            meta.pop(k, None)
-        else:
-            meta[k] = v
-    file.write_text(json.dumps(meta))
 
 
 class _Payload:
