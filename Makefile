@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/hyperst demo --out hyperst_demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs notebooks
 	$(BIN)/python -m pytest
 
 test-all: $(STAMP)
