@@ -140,6 +140,20 @@ def test_refit_trains_on_all_slides_for_the_chosen_epochs(slides, feature_cache,
     assert not torch.equal(model.module.feature_shift, no_refit.module.feature_shift)
 
 
+def test_early_stopping_watches_the_chosen_validation_metric(slides, feature_cache, model):
+    def argmin(history, key):
+        return int(np.argmin([row[key] for row in history]))
+
+    assert model.training["best_epoch"] == argmin(model.history, "val_loss")
+    by_mse = hst.tl.fit(slides[:2], cache=feature_cache, refit=False, monitor="mse", **FIT)
+    assert by_mse.config.monitor == "mse"
+    assert by_mse.training["best_epoch"] == argmin(by_mse.history, "val_mse")
+    n = min(len(by_mse.history), len(model.history))  # the same run; only the epoch kept (and the stop) differ
+    assert by_mse.history[:n] == model.history[:n]
+    with pytest.raises(ValueError, match="Expected `monitor` to be 'loss' or 'mse'"):
+        hst.HyperSTConfig.build(None, monitor="pcc")
+
+
 def test_decoder_norm_switch(slides, feature_cache, model):
     assert isinstance(model.module.decoder[0].output_norm, torch.nn.Identity)
     normed = hst.tl.fit(slides[:2], cache=feature_cache, **{**FIT, "max_epochs": 1}, decoder_norm=True)

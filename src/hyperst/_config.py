@@ -48,6 +48,11 @@ class HyperSTConfig:
         Upper bound on epochs.
     patience
         Epochs without a lower validation loss before stopping.
+    monitor
+        What early stopping watches on the validation slides: ``"loss"``, the training objective (prediction
+        MSE plus the weighted alignment losses), or ``"mse"``, the prediction error alone. The alignment
+        losses are measured on the validation spots' genes, which a prediction never sees; ``"mse"`` picks the
+        epoch that predicts best (``docs/benchmarks.md``, "What early stopping watches").
     val_fraction
         Share of training slides held out for validation when there are several (at least one slide); with a
         single slide, this share of its spots (spatially contiguous blocks).
@@ -85,6 +90,7 @@ class HyperSTConfig:
     batch_size: int = 128
     max_epochs: int = 200
     patience: int = 10
+    monitor: Literal["loss", "mse"] = "loss"
     val_fraction: float = 0.1
     refit: bool = True
     random_state: int = 0
@@ -113,6 +119,7 @@ class HyperSTConfig:
         check(self.niche_um is None or pos(self.niche_um), "niche_um", "None or a positive number")
         for name in ("n_rings", "patch_px", "batch_size", "max_epochs", "patience"):
             check(posint(getattr(self, name)), name, "a positive integer")
+        check(self.monitor in ("loss", "mse"), "monitor", "'loss' or 'mse'")
         check(self.views in range(1, 9), "views", "an integer from 1 to 8")
         check(pos(self.lr), "lr", "a positive number")
         check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", ">= 0")

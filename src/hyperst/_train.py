@@ -290,7 +290,7 @@ def train(
         logger.info("Resuming training from `%s`", ckpt_path)
     with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
         L.seed_everything(config.random_state, workers=True, verbose=False)
-        monitor = "val_loss" if val_arrays is not None else "train_loss"
+        monitor = f"{'val' if val_arrays is not None else 'train'}_{config.monitor}"
         recorder = _Recorder(monitor, keep_last=keep_last)
         callbacks: list[L.Callback] = [recorder]
         if not keep_last:  # a fixed budget of epochs (a refit) runs to its end
@@ -333,7 +333,7 @@ def train(
                 lit, _loader(train_arrays, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
             )
     if recorder.best_epoch < 0 and recorder.history:  # early stopping ends a fit whose monitor is never finite
-        stage = "validation" if monitor == "val_loss" else "training"
+        stage = "validation" if monitor.startswith("val_") else "training"
         raise FloatingPointError(_diverged(stage, recorder.history[-1].get(monitor, math.nan), 0))
     if recorder.best_state is not None:
         lit.restore(recorder.best_state)
