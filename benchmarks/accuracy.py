@@ -10,11 +10,14 @@ PCC@10/50/200, MSE and MAE; the table gives mean ± std over folds. One invocati
     python benchmarks/accuracy.py --encoder squidpy --genes hist2st --target log2_cp10k
     python benchmarks/accuracy.py --encoder resnet18 --genes hmhvg200 --target log2_cp10k   # weights=None offline
     python benchmarks/accuracy.py --folds C3 --genes hmhvg200 --target log2 --max-epochs 5  # smoke run
+    python benchmarks/accuracy.py --genes hist2st --target log2_cp10k --fit monitor=mse embed_dim=256 \
+        --out benchmarks/results/accuracy_squidpy_hist2st_log2_cp10k_wide.json   # options for every HyperST fit
 
 Methods (``--methods``):
 
-- ``hyperst``: ``hst.tl.fit`` with defaults; ``no_entailment`` (``entailment=False``), ``no_alignment``
-  (``alignment=False``), ``euclidean`` (``geometry="euclidean"``), ``spot_decoder`` (``decoder_input="spot"``).
+- ``hyperst``: ``hst.tl.fit`` with defaults (plus any ``--fit`` options, which every HyperST method gets);
+  ``no_entailment`` (``entailment=False``), ``no_alignment`` (``alignment=False``), ``euclidean``
+  (``geometry="euclidean"``), ``spot_decoder`` (``decoder_input="spot"``).
 - ``ridge``: ``RidgeCV`` (alphas 1e-2..1e5, one alpha for all genes, efficient leave-one-out) on standardised
   concat(spot, niche) view-0 features (the HEST-Benchmark protocol fits ridge on patch embeddings).
 - ``mlp``: torch MLP 2F -> 256 -> G (ReLU, dropout 0.1), Adam 1e-3, weight decay 1e-4, batch 128, MSE.
@@ -94,6 +97,18 @@ def _val_names(train_names: list[str], cfg) -> set[str]:
     n = len(train_names)
     n_val = min(max(1, round(cfg.val_fraction * n)), n - 1)
     return {train_names[i] for i in rng.permutation(n)[:n_val]}
+
+
+def _option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--fit``: the value as JSON (numbers, true/false, null) or else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        msg = f"--fit expects KEY=VALUE, found {text!r}"
+        raise ValueError(msg)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 # ------------------------------------------------------------------------------------------------------- baselines
@@ -264,8 +279,19 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="/tmp/hyperst_accuracy_cache")
+    parser.add_argument(
+        "--fit",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="options passed to every hst.tl.fit of the HyperST methods, e.g. monitor=mse embed_dim=256",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    try:
+        fit_options = dict(_option(o) for o in args.fit)
+    except ValueError as err:
+        parser.error(str(err))
     if args.genes != "hist2st" and not (args.genes.startswith("hmhvg") and args.genes[5:].isdigit()):
         parser.error("--genes must be hist2st or hmhvg<N>")
     weights = None if args.weights in (None, "None", "none") else args.weights
@@ -301,6 +327,7 @@ def main() -> None:
         "random_state": args.seed,
         "target": args.target,
         "accelerator": "cpu",
+        **fit_options,
     }
     header = {
         "command": " ".join(["python", *sys.argv]),
@@ -314,6 +341,7 @@ def main() -> None:
             "genes": args.genes,
             "target": args.target,
             "methods": args.methods,
+            "fit_options": fit_options,
             "max_epochs": args.max_epochs,
             "patience": PATIENCE,
             "seed": args.seed,
@@ -343,7 +371,7 @@ def main() -> None:
             t0 = time.perf_counter()
             info: dict = {}
             if method in ABLATIONS:
-                model = hst.tl.fit(fit_slides, genes=genes, **fit_kw, **ABLATIONS[method])
+                model = hst.tl.fit(fit_slides, genes=genes, **{**fit_kw, **ABLATIONS[method]})
                 pred = hst.tl.predict(slides[test], model, inplace=False, cache=args.cache).X
                 assert list(model.training["validation_slides"]) == sorted(  # same val section as the baselines
                     inputs[s].name for s in val

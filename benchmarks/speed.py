@@ -4,6 +4,7 @@ Prints a table and writes JSON (default ``benchmarks/results/speed.json``)::
 
     python benchmarks/speed.py --sizes 1000 4000 16000 --encoder resnet18
     python benchmarks/speed.py --sizes 1000 4000 16000 --encoder squidpy --memory-only   # peak memory only
+    python benchmarks/speed.py --sizes 1000 4000 16000 --encoder squidpy --no-memory     # all but peak memory
 
 For each size (one synthetic Visium slide, 1 µm/px) and each encoder, measured in one run on one machine:
 
@@ -230,6 +231,8 @@ def _bench(n_spots: int, encoder: str, args: argparse.Namespace, tmp: Path) -> d
     t, _ = _timed(hst.tl.predict, sdata, model, inplace=False, batch_size=args.batch_size, cache=str(cache))
     row["predict_cached_s"], row["predict_cached_spots_per_s"] = t, n / t
 
+    if args.no_memory:
+        return row
     model_path = tmp / f"model_{encoder}_{n_spots}"
     model.save(model_path, overwrite=True)
     store = tmp / f"slide_{n_spots}.zarr"
@@ -285,9 +288,11 @@ def _growth(rows: list[dict]) -> list[dict]:
                     g["forward_rate_ratio"] = b["forward_spots_per_s"] / a["forward_spots_per_s"]
                 else:
                     g[k.removesuffix("_s") + "_time_ratio"] = b[k] / a[k]
-            for k in _MEM_KEYS:
-                g[k.removesuffix("_bytes") + "_ratio"] = b[k] / a[k] if a[k] > 0 else None
-            g["predict_child_time_ratio"] = b["predict_seconds"] / a["predict_seconds"]
+            for k in _MEM_KEYS:  # absent with --no-memory
+                if k in a:
+                    g[k.removesuffix("_bytes") + "_ratio"] = b[k] / a[k] if a[k] > 0 else None
+            if "predict_seconds" in a:
+                g["predict_child_time_ratio"] = b["predict_seconds"] / a["predict_seconds"]
             out.append(g)
     return out
 
@@ -325,13 +330,17 @@ def _print(rows: list[dict], growth: list[dict], epochs: int) -> None:
     print("spots/s unless marked; ovh = forward/pipeline; epoch s = fit seconds per epoch on cached features;")
     print("pred/s without cache, predC/s with cached features; MiB = peak RSS rise, TM = tracemalloc peak")
     print(head)
+
+    def mem(r: dict, k: str) -> str:
+        return _mib(r[k]) if k in r else "n/a"  # absent with --no-memory
+
     for r in rows:
         print(
             f"{r['encoder']:<10}{r['spots']:>7}{r['patch_spots_per_s']:>9.1f}{r['pipeline_spots_per_s']:>8.1f}"
             f"{r['forward_spots_per_s']:>8.1f}{r['pipeline_overhead']:>6.2f}{r['epoch_s']:>9.3f}"
             f"{r['predict_nocache_spots_per_s']:>8.1f}{r['predict_cached_spots_per_s']:>9.1f}"
-            f"{_mib(r['features_rss_rise_bytes']):>9}{_mib(r['features_tracemalloc_peak_bytes']):>8}"
-            f"{_mib(r['predict_rss_rise_bytes']):>9}{_mib(r['predict_tracemalloc_peak_bytes']):>8}"
+            f"{mem(r, 'features_rss_rise_bytes'):>9}{mem(r, 'features_tracemalloc_peak_bytes'):>8}"
+            f"{mem(r, 'predict_rss_rise_bytes'):>9}{mem(r, 'predict_tracemalloc_peak_bytes'):>8}"
         )
     if growth:
         print("\ngrowth between sizes (time ratios; equal to the work ratio = linear):")
@@ -348,7 +357,7 @@ def _print(rows: list[dict], growth: list[dict], epochs: int) -> None:
                 f"{g['encoder']:<10}{str(g['from']) + '->' + str(g['to']):>12}{g['work_ratio']:>6.1f}"
                 f"{g['patch_time_ratio']:>7.2f}{g['pipeline_time_ratio']:>7.2f}{g['epoch_time_ratio']:>7.2f}"
                 f"{g['predict_nocache_time_ratio']:>7.2f}{g['predict_cached_time_ratio']:>7.2f}"
-                f"{f(g['features_rss_rise_ratio']):>9}{f(g['predict_rss_rise_ratio']):>9}"
+                f"{f(g.get('features_rss_rise_ratio')):>9}{f(g.get('predict_rss_rise_ratio')):>9}"
             )
 
 
@@ -366,6 +375,11 @@ def main() -> None:
         "--memory-only",
         action="store_true",
         help="only peak memory of features and predict per size (slides read lazily from zarr), and their growth",
+    )
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory subprocesses (two more feature passes per size); measure them with --memory-only",
     )
     parser.add_argument("--child-store", help=argparse.SUPPRESS)
     parser.add_argument("--child-encoder", help=argparse.SUPPRESS)

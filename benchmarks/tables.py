@@ -3,7 +3,7 @@
 The docs' tables are pasted from this script's output, so every number in them traces back to a results file
 and to the command stored in it::
 
-    python benchmarks/tables.py                                   # every accuracy_*.json and trust_*.json
+    python benchmarks/tables.py             # every accuracy_*.json, training_choices_*.json and trust_*.json
     python benchmarks/tables.py benchmarks/results/accuracy_squidpy_hmhvg200_log2.json
 """
 
@@ -42,6 +42,13 @@ def accuracy(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _wins(diffs: list[float]) -> str:
+    """``"4/6"``: folds with a positive difference; ``"1/6 (5 tied)"`` when some folds give the same number."""
+    ties = sum(abs(x) < 5e-4 for x in diffs)  # equal at the 3 decimals shown
+    wins = sum(x >= 5e-4 for x in diffs)
+    return f"{wins}/{len(diffs)}" + (f" ({ties} tied)" if ties else "")
+
+
 def paired(result: dict, reference: str = "hyperst") -> str:
     """Per-fold differences ``reference − method`` of mean PCC and PCC@50, and how many folds ``reference`` wins."""
     folds = result["folds"]
@@ -58,7 +65,7 @@ def paired(result: dict, reference: str = "hyperst") -> str:
         cells = []
         for m in ("pcc_mean", "pcc_at_50"):
             d = [f["methods"][reference][m] - f["methods"][method][m] for f in folds]
-            cells += [f"{sum(d) / len(d):+.3f}", f"{sum(x > 0 for x in d)}/{len(d)}"]
+            cells += [f"{sum(d) / len(d):+.3f}", _wins(d)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -95,6 +102,36 @@ def trust(result: dict) -> str:
     return "\n".join(lines)
 
 
+_DEFAULTS = "lr 1e-3, no decoder LayerNorm, refit (defaults)"
+
+
+def choices(result: dict) -> str:
+    """``training_choices.py`` results: mean PCC and PCC@50 per variant, and per-fold wins against the defaults."""
+    s = result["settings"]
+    folds = result["folds"]
+    ref = folds.get(_DEFAULTS)
+    n = len(next(iter(folds.values())))
+    lines = [
+        f"`{result['command']}` — squidpy features, genes `{s['genes']}`, target `{s['target']}`, mean over "
+        f"{n} folds" + ("; Δ and wins against the defaults, fold by fold:" if ref else ":"),
+        "",
+        "| variant | mean PCC | PCC@50 |" + (" Δ mean PCC | wins | Δ PCC@50 | wins |" if ref else ""),
+        "|---|---|---|" + ("---|---|---|---|" if ref else ""),
+    ]
+    for name, rows in folds.items():
+        sm = result["summary"][name]
+        line = f"| {name} | {sm['pcc_mean']:.3f} | {sm['pcc_at_50']:.3f} |"
+        if ref:
+            if name == _DEFAULTS:
+                line += " | | | |"
+            else:
+                for m in ("pcc_mean", "pcc_at_50"):
+                    d = [r[m] - r0[m] for r, r0 in zip(rows, ref, strict=True)]
+                    line += f" {sum(d) / len(d):+.3f} | {_wins(d)} |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main() -> None:
     files = [Path(a) for a in sys.argv[1:]] or sorted(Path(__file__).with_name("results").glob("*.json"))
     for path in files:
@@ -103,6 +140,8 @@ def main() -> None:
             print(f"<!-- {path.name} -->\n{accuracy(result)}\n")
             if "hyperst" in result["summary"] and len(result["folds"]) > 1:
                 print(f"{paired(result)}\n")
+        elif path.name.startswith("training_choices_"):
+            print(f"<!-- {path.name} -->\n{choices(result)}\n")
         elif path.name.startswith("trust_"):
             print(f"<!-- {path.name} -->\n{trust(result)}\n")
 

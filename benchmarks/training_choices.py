@@ -7,6 +7,7 @@ folds next to ridge on the same features::
     python benchmarks/training_choices.py                      # HMHVG 200, log2(1 + counts)
     python benchmarks/training_choices.py --target log2_cp10k
     python benchmarks/training_choices.py --target log2_cp10k --variants 3 5   # defaults vs a stronger entailment
+    python benchmarks/training_choices.py --genes hist2st --target log2_cp10k --variants 3 7   # early stopping on MSE
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ VARIANTS = {
     "lr 1e-3, no decoder LayerNorm, refit (defaults)": {},
     "defaults + weight decay 0.1": {"weight_decay": 0.1},
     "defaults + entailment x5 (entail_weight 2.0)": {"entail_weight": 2.0},
+    "defaults + alignment /4 (alignment_weight 0.05)": {"alignment_weight": 0.05},
+    "defaults + early stopping on validation MSE": {"monitor": "mse"},
+    "early stopping on MSE + embedding 256": {"monitor": "mse", "embed_dim": 256},
+    "early stopping on MSE + alignment /4": {"monitor": "mse", "alignment_weight": 0.05},
 }
 
 
