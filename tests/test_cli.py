@@ -63,8 +63,10 @@ def test_fit_predict_evaluate_on_zarr_stores(tmp_path, capsys):
         s.write(paths[-1])
     model_dir = tmp_path / "model"
     fit = ["fit", *paths[:2], "--out", str(model_dir), "--genes", "15", "--encoder", "squidpy", "--max-epochs", "3"]
-    assert main(fit) == 0
+    assert main([*fit, "--monitor", "mse", "--embed-dim", "64"]) == 0
     assert "Fitted HyperST" in capsys.readouterr().out and (model_dir / "config.json").is_file()
+    config = hst.HyperST.load(model_dir).config
+    assert config.monitor == "mse" and config.module.embed_dim == 64
     before = set(sd.read_zarr(paths[2]).tables)
     assert main(["predict", paths[2], "--model", str(model_dir)]) == 0
     after = sd.read_zarr(paths[2])

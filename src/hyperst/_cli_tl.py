@@ -37,9 +37,16 @@ def _fit(args: argparse.Namespace) -> int:
         raise ValueError(msg)
     slides = [_read(p) for p in args.slides]
     t0 = time.perf_counter()
-    kwargs: dict[str, Any] = {"max_epochs": args.max_epochs, "target": args.target, "random_state": args.seed}
+    kwargs: dict[str, Any] = {
+        "max_epochs": args.max_epochs,
+        "target": args.target,
+        "random_state": args.seed,
+        "monitor": args.monitor,
+    }
     if args.lr is not None:
         kwargs["lr"] = args.lr
+    if args.embed_dim is not None:
+        kwargs["embed_dim"] = args.embed_dim
     model = hst.tl.fit(
         slides,
         genes=args.genes,
@@ -148,6 +155,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--target", default="log2", choices=["log2", "log2_cp10k"], help="(default: %(default)s)")
     fit.add_argument("--max-epochs", type=int, default=200, help="(default: %(default)s)")
     fit.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
+    fit.add_argument(
+        "--monitor",
+        default="loss",
+        choices=["loss", "mse"],
+        help="what early stopping watches: the whole loss or the prediction MSE (default: %(default)s)",
+    )
+    fit.add_argument("--embed-dim", type=int, default=None, help="embedding width (default: sized to the encoder)")
     fit.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     fit.add_argument("--layer", default=None, help="layer of raw counts (default: X)")
     fit.add_argument("--checkpoint-dir", default=None, help="folder for per-epoch checkpoints")
