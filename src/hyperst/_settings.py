@@ -33,7 +33,8 @@ class Settings:
     progress_bar
         Show progress bars on long work (patch extraction, training, prediction).
     num_workers
-        Worker threads used to read image crops.
+        Worker processes of the PyTorch data loaders: training batches, and the patches read on the fly with
+        ``finetune="lora"``. Feature extraction with a frozen encoder reads patches in the calling process.
     seed
         Default random seed where a function takes ``random_state=None``.
     cache_dir
