@@ -23,9 +23,9 @@ class HyperSTConfig:
         Architecture and loss switches (:class:`hyperst.nn.ModuleConfig`); ``embed_dim=None`` sizes the
         embedding to the encoder (1024 for features of 1024 or more, else the largest power of two not above
         the feature width, at least 128). The decoder reads this embedding, so a panel of several hundred genes
-        may need a wider one: on 785 HER2ST genes and squidpy features, both with ``monitor="mse"``,
-        ``embed_dim=256`` reached a held-out mean PCC of 0.115 against 0.112 for the default 128
-        (``docs/benchmarks.md``, "Wide gene panels").
+        may need a wider one: on 785 HER2ST genes, squidpy features and ``target="log2_cp10k"``, both with
+        ``monitor="mse"``, ``embed_dim=256`` reached a held-out mean PCC of 0.115 against 0.112 for the default
+        128 (``docs/benchmarks.md``, "Wide gene panels"; on ``target="log2"`` the two together did not help).
     target
         Training target: ``"log2"`` is the paper's ``log2(1 + counts)``; ``"log2_cp10k"`` is
         ``log2(1 + counts per 10k)`` after library-size normalisation.
@@ -54,8 +54,9 @@ class HyperSTConfig:
     monitor
         What early stopping watches on the validation slides: ``"loss"``, the training objective (prediction
         MSE plus the weighted alignment losses), or ``"mse"``, the prediction error alone. The alignment
-        losses are measured on the validation spots' genes, which a prediction never sees; ``"mse"`` picks the
-        epoch that predicts best (``docs/benchmarks.md``, "What early stopping watches").
+        losses are measured on the validation spots' genes, which a prediction never sees; ``"mse"`` keeps the
+        epoch that predicts the validation slides best. On HER2ST it helped on 785 genes and cost a little on
+        200 (``docs/benchmarks.md``, "What early stopping watches").
     val_fraction
         Share of training slides held out for validation when there are several (at least one slide); with a
         single slide, this share of its spots (spatially contiguous blocks).
