@@ -50,7 +50,7 @@ class HyperSTConfig:
     max_epochs
         Upper bound on epochs.
     patience
-        Epochs without a lower validation loss before stopping.
+        Epochs without a lower validation value (the one ``monitor`` names) before stopping.
     monitor
         What early stopping watches on the validation slides: ``"loss"``, the training objective (prediction
         MSE plus the weighted alignment losses), or ``"mse"``, the prediction error alone. The alignment
