@@ -381,6 +381,12 @@ def main() -> None:
         action="store_true",
         help="skip the peak-memory subprocesses (two more feature passes per size); measure them with --memory-only",
     )
+    parser.add_argument(
+        "--read-ahead",
+        type=int,
+        default=None,
+        help="hyperst.settings.read_ahead for this run (batches read while the encoder works; 0: none)",
+    )
     parser.add_argument("--child-store", help=argparse.SUPPRESS)
     parser.add_argument("--child-encoder", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
@@ -393,6 +399,8 @@ def main() -> None:
     import torch
 
     hst.settings.progress_bar = False
+    if args.read_ahead is not None:
+        hst.settings.read_ahead = args.read_ahead
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -424,6 +432,7 @@ def main() -> None:
             "loadavg_at_end": load,
         },
         "hyperst": hst.__version__,
+        "read_ahead": hst.settings.read_ahead,
         "started_utc": started,
         "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
         "rows": rows,

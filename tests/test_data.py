@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import hex_centres, make_slide, square_centres
+from hyperst import settings
 from hyperst._data import PatchGeometry, PatchReader, as_spatialdata, detect_grid, dihedral, slide_layout
 
 
@@ -223,6 +224,42 @@ def test_border_spots_are_padded_not_dropped():
     assert spot.shape == (1, 3, 112, 112)
     assert (spot[0, :, :40, :40] == 255).all()  # outside the image: white padding
     assert (spot[0, :, 70:, 70:] == 0).all()  # inside: the black image
+
+
+def test_reading_ahead_gives_the_same_batches_and_raises_the_readers_errors(monkeypatch):
+    rng = np.random.default_rng(4)
+    centres = hex_centres(4, 5, 100, origin=(60, 60))
+    image = rng.integers(0, 255, size=(3, 560, 600), dtype=np.uint8)
+    sdata = make_slide(image, centres, radius=27.5)
+    reader = PatchReader(sdata, slide_layout(sdata), PatchGeometry(out_px=32))
+    runs = {}
+    for ahead in (0, 1, 3):
+        monkeypatch.setattr(settings, "read_ahead", ahead)
+        runs[ahead] = list(reader.iter_batches(3))
+    assert len(runs[0]) == 7  # 20 spots in batches of 3
+    for ahead in (1, 3):
+        for (i0, s0, n0), (i1, s1, n1) in zip(runs[0], runs[ahead], strict=True):
+            np.testing.assert_array_equal(i0, i1)
+            np.testing.assert_array_equal(s0, s1)
+            np.testing.assert_array_equal(n0, n1)
+    # a read that fails in the reader thread fails the loop, at the batch it belongs to
+    real_read = reader.read
+
+    def failing(idx):
+        if idx[0] == 9:
+            msg = "disk gone"
+            raise OSError(msg)
+        return real_read(idx)
+
+    monkeypatch.setattr(reader, "read", failing)
+    seen = []
+    with pytest.raises(OSError, match="disk gone"):
+        for idx, _, _ in reader.iter_batches(3):
+            seen.append(int(idx[0]))
+    assert seen == [0, 3, 6]
+    monkeypatch.setattr(settings, "read_ahead", -1)
+    with pytest.raises(ValueError, match=r"read_ahead.*an integer >= 0"):
+        next(reader.iter_batches(3))
 
 
 def test_direct_slicing_gives_the_same_pixels_as_squidpy():

@@ -35,6 +35,9 @@ class Settings:
     num_workers
         Worker processes of the PyTorch data loaders: training batches, and the patches read on the fly with
         ``finetune="lora"``. Feature extraction with a frozen encoder reads patches in the calling process.
+    read_ahead
+        Batches of patches that feature extraction and prediction read in a background thread while the encoder
+        works on the current one (memory: this many batches more). ``0`` reads them in turn with the encoding.
     seed
         Default random seed where a function takes ``random_state=None``.
     cache_dir
@@ -44,6 +47,7 @@ class Settings:
 
     progress_bar: bool = True
     num_workers: int = 0
+    read_ahead: int = 1
     seed: int = 0
     cache_dir: Path = field(default_factory=_default_cache_dir)
     _verbosity: str = "info"

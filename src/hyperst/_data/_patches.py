@@ -8,13 +8,16 @@ dropped. Sizes are physical: a patch covers the same micrometres whatever the sc
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .._constants import PATCH_SIZE_PX, SPOT_PATCH_UM
+from .._settings import settings
 from .._utils import progress
 from .._validation import check_choice, check_positive, expected
 from ._elements import image_levels
@@ -241,13 +244,27 @@ class PatchReader:
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(idx, spot, niche)`` for consecutive batches of spots, with a progress bar.
 
-        Memory is bounded by one batch: only the pixels under its patches are read.
+        Memory is bounded by a few batches: only the pixels under their patches are read. The next
+        ``hyperst.settings.read_ahead`` batches (default 1) are read in a background thread meanwhile.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(expected("batch_size", "a positive integer", batch_size))
+        ahead = settings.read_ahead
+        if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 0:
+            raise ValueError(expected("hyperst.settings.read_ahead", "an integer >= 0", ahead))
         n = len(self)
-        starts = range(0, n, batch_size)
-        for start in progress(starts, total=len(starts), desc=desc, unit="batch"):
-            idx = np.arange(start, min(start + batch_size, n))
-            spot, niche = self.read(idx)
-            yield idx, spot, niche
+        batches = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        bar = progress(batches, total=len(batches), desc=desc, unit="batch")
+        if ahead == 0 or len(batches) < 2:
+            for idx in bar:
+                yield idx, *self.read(idx)
+            return
+        # one reader thread keeps `ahead` batches in flight, so reading overlaps the caller's encoding; leaving the
+        # loop early waits for those reads only
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hyperst-patches") as pool:
+            pending = deque(pool.submit(self.read, idx) for idx in batches[:ahead])
+            for i, idx in enumerate(bar):
+                if i + ahead < len(batches):
+                    pending.append(pool.submit(self.read, batches[i + ahead]))
+                spot, niche = pending.popleft().result()
+                yield idx, spot, niche
