@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._config import _MONITORS, _TARGETS
+
 __all__ = ["add_commands"]
 
 
@@ -152,13 +154,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--genes", type=int, default=200, help="genes to predict (default: %(default)s)")
     fit.add_argument("--encoder", default="resnet50", help="image encoder (default: %(default)s)")
     fit.add_argument("--weights", default="DEFAULT", help="DEFAULT, none or a local file (default: %(default)s)")
-    fit.add_argument("--target", default="log2", choices=["log2", "log2_cp10k"], help="(default: %(default)s)")
+    fit.add_argument("--target", default="log2", choices=_TARGETS, help="(default: %(default)s)")
     fit.add_argument("--max-epochs", type=int, default=200, help="(default: %(default)s)")
     fit.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
     fit.add_argument(
         "--monitor",
         default="loss",
-        choices=["loss", "mse"],
+        choices=_MONITORS,
         help="what early stopping watches: the whole loss or the prediction MSE (default: %(default)s)",
     )
     fit.add_argument("--embed-dim", type=int, default=None, help="embedding width (default: sized to the encoder)")

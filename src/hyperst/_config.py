@@ -11,6 +11,7 @@ from .nn import ModuleConfig
 __all__ = ["HyperSTConfig"]
 
 _TARGETS = ("log2", "log2_cp10k")
+_MONITORS = ("loss", "mse")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +124,7 @@ class HyperSTConfig:
         check(self.niche_um is None or pos(self.niche_um), "niche_um", "None or a positive number")
         for name in ("n_rings", "patch_px", "batch_size", "max_epochs", "patience"):
             check(posint(getattr(self, name)), name, "a positive integer")
-        check(self.monitor in ("loss", "mse"), "monitor", "'loss' or 'mse'")
+        check(self.monitor in _MONITORS, "monitor", " or ".join(map(repr, _MONITORS)))
         check(self.views in range(1, 9), "views", "an integer from 1 to 8")
         check(pos(self.lr), "lr", "a positive number")
         check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", ">= 0")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._config import _TARGETS
 from .._constants import Keys
 from .._data._elements import ADD_TABLE, _input_tables
 from .._data._genes import counts_matrix
@@ -29,7 +30,6 @@ __all__ = ["evaluate", "gene_metrics"]
 
 logger = logging.getLogger(__name__)
 
-_TARGETS = ("log2", "log2_cp10k")
 _SCALES = {"log2": "log2(1 + counts)", "log2_cp10k": "log2(1 + counts per 10,000)"}
 _TOP_K = (10, 50, 200)
 _COLUMNS = ["pearson", "spearman", "mse", "mae", "constant", "mean_measured"]
