@@ -2,7 +2,7 @@
 
 For each held-out section, every method trains on the other sections and predicts the held-out one; all methods
 see the same genes, the same frozen encoder features (one feature cache shared by every fit and baseline) and
-the same target. Metrics come from ``hst.tl.evaluate`` (HYPERST.md §3.1) on the held-out section: mean PCC,
+the same target. Metrics come from ``hst.tl.evaluate`` (the paper's metrics) on the held-out section: mean PCC,
 PCC@10/50/200, MSE and MAE; the table gives mean ± std over folds. One invocation is one
 (encoder, genes, target) combination::
 
@@ -305,7 +305,7 @@ def main() -> None:
 
     from conftest import her2st_slide
     from hyperst import HyperSTConfig
-    from hyperst.tl._features import make_extractor
+    from hyperst.tl._encoder import make_extractor
 
     hst.settings.progress_bar = False
     views = 8 if args.encoder == "squidpy" else 1
@@ -373,13 +373,13 @@ def main() -> None:
             if method in ABLATIONS:
                 model = hst.tl.fit(fit_slides, genes=genes, **{**fit_kw, **ABLATIONS[method]})
                 pred = hst.tl.predict(slides[test], model, inplace=False, cache=args.cache).X
-                assert list(model.training["validation_slides"]) == sorted(  # same val section as the baselines
+                assert list(model.training.validation_slides) == sorted(  # same val section as the baselines
                     inputs[s].name for s in val
-                ), model.training["validation_slides"]
+                ), model.training.validation_slides
                 info = {
-                    "best_epoch": model.training["best_epoch"],
+                    "best_epoch": model.training.best_epoch,
                     "epochs": len(model.history),
-                    "refit_epochs": model.training["refit_epochs"],
+                    "refit_epochs": model.training.refit_epochs,
                 }
                 if model.curvature is not None:
                     info["curvature"] = float(model.curvature)

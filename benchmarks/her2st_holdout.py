@@ -92,7 +92,7 @@ def main() -> None:
                 "train_spots": int(sum(len(s.tables["table"]) for s in train)),
                 "test_spots": int(len(test.tables["table"])),
                 "epochs": len(model.history),
-                "best_epoch": model.training["best_epoch"],
+                "best_epoch": model.training.best_epoch,
                 "mean_pcc": float(np.nanmean(p)),
                 "pcc_at_10": float(np.sort(np.nan_to_num(p, nan=-1))[::-1][:10].mean()),
                 "control_mean_pcc": float(np.nanmean(c)),

@@ -55,7 +55,7 @@ def _prepare(sdata, encoder: str):
     import torch
 
     from hyperst._data import slide_layout
-    from hyperst.tl._features import make_extractor
+    from hyperst.tl._encoder import make_extractor
 
     torch.manual_seed(0)  # as `hst.tl.fit(random_state=0)`, so its cache key matches
     extractor = make_extractor(encoder, weights=None)

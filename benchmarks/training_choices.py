@@ -62,7 +62,7 @@ def main() -> None:
 
     from conftest import her2st_slide
     from hyperst import HyperSTConfig
-    from hyperst.tl._features import make_extractor
+    from hyperst.tl._encoder import make_extractor
 
     hst.settings.progress_bar = False
     cfg = HyperSTConfig.build(None, views=8, target=args.target)
@@ -92,7 +92,7 @@ def main() -> None:
             )
             pred = hst.tl.predict(slides[test], model, inplace=False, cache=args.cache, coverage=None).X
             metrics = A._metrics(slides[test], genes, np.asarray(pred), args.target)
-            rows.setdefault(name, []).append({**metrics, "best_epoch": model.training["best_epoch"]})
+            rows.setdefault(name, []).append({**metrics, "best_epoch": model.training.best_epoch})
         print(test, " | ".join(f"{k[:24]} {v[-1]['pcc_mean']:.3f}" for k, v in rows.items()), flush=True)
     print(f"\nHER2ST leave-one-section-out, squidpy features, {args.genes}, target {args.target}; mean over 6 folds")
     print(f"{'variant':<52}{'mean PCC':>10}{'PCC@50':>10}")

@@ -41,8 +41,9 @@ def _fold(slides: dict, test: str, args, cache: str) -> dict:
     from scipy.stats import spearmanr
 
     from hyperst._data._genes import select_hmhvg
-    from hyperst.tl._evaluate import _measured
-    from hyperst.tl._features import extract_features, make_extractor
+    from hyperst._data._target import measured_expression
+    from hyperst.tl._encoder import make_extractor
+    from hyperst.tl._features import extract_features
     from hyperst.tl._prepare import geometry_from, load_slide
     from hyperst.tl._trust import feature_distance
 
@@ -52,8 +53,8 @@ def _fold(slides: dict, test: str, args, cache: str) -> dict:
     model = hst.tl.fit([slides[s] for s in train], genes=genes, random_state=args.seed, **kw)
     table = slides[test].tables["table"]
     cols = table.var_names.get_indexer(model.genes)
-    measured = _measured(table, "table", None, args.target, cols)
-    out: dict = {"test": test, "validation": model.training["validation_slides"]}
+    measured = measured_expression(table, "table", None, args.target, cols)
+    out: dict = {"test": test, "validation": model.training.validation_slides}
     for kind, normalised in (("plain", False), ("normalised", True)):
         res = hst.tl.predict(
             slides[test], model, inplace=False, cache=cache, coverage=args.coverage, normalised=normalised
@@ -77,7 +78,7 @@ def _fold(slides: dict, test: str, args, cache: str) -> dict:
         "neg_mean_prediction": -pred.mean(1),
     }
     out["spearman_score_error"] = {k: float(spearmanr(v, error)[0]) for k, v in scores.items()}
-    out["mean_pcc_validation"] = model.training["val_mean_pcc"]
+    out["mean_pcc_validation"] = model.training.val_mean_pcc
     return out
 
 

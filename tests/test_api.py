@@ -1,4 +1,4 @@
-"""scanpy-style convention checks over every public function (STYLE.md §3.7)."""
+"""scanpy-style convention checks over every public function (scanpy's ``tests/test_package_structure.py``)."""
 
 from __future__ import annotations
 

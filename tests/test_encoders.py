@@ -115,7 +115,7 @@ def test_forward_refuses_bad_inputs():
 
 
 def test_unknown_names_and_weights_are_refused():
-    with pytest.raises(ValueError, match=r"Expected `encoder` to be one of \['resnet18', 'resnet50'"):
+    with pytest.raises(ValueError, match=r"Expected `encoder` to be one of \['squidpy', 'resnet18', 'resnet50'"):
         build_encoder("resnet101", weights=None)
     with pytest.raises(ValueError, match="Expected `encoder`"):
         build_encoder("timm:", weights=None)
@@ -137,16 +137,19 @@ def test_any_module_is_wrapped_and_must_return_2d():
     assert build_encoder(enc) is enc
     assert build_encoder(body.eval()).backbone.training is False  # the dry run leaves the mode as it was
     with pytest.raises(
-        ValueError, match=r"Expected the backbone to return a \(B, F\) tensor, found `\(1, 5, 222, 222\)`"
+        ValueError, match=r"Expected `backbone` to return a \(B, F\) tensor, found `\(1, 5, 222, 222\)`"
     ):
         build_encoder(nn.Conv2d(3, 5, 3))
 
 
-def test_spec_round_trips_through_json():
+def test_spec_round_trips_through_json_into_the_models_record():
+    from hyperst._records import EncoderRecord
+
     spec = _resnet18().spec
-    back = EncoderSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
-    assert back == spec
-    assert back.to_dict() == {
+    back = EncoderRecord.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert (back.name, back.weights, back.n_features, back.input_size) == (spec.name, None, 512, spec.input_size)
+    assert (back.mean, back.std) == (spec.mean, spec.std)
+    assert spec.to_dict() == {
         "name": "resnet18",
         "weights": None,
         "n_features": 512,
@@ -224,7 +227,7 @@ def test_checkpoint_into_a_module(tmp_path):
     other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     enc = build_encoder(other, weights=tmp_path / "body.pt")
     torch.testing.assert_close(enc.backbone[0].weight, body[0].weight)
-    with pytest.raises(ValueError, match="Expected `weights` of a module to be a checkpoint path"):
+    with pytest.raises(ValueError, match="Expected `weights` to be a checkpoint path, .DEFAULT. or None for a module"):
         build_encoder(other, weights="IMAGENET1K_V1")
 
 

@@ -11,11 +11,11 @@ import torch
 
 import hyperst as hst
 from hyperst._data import dihedral
+from hyperst._data._dataset import PatchDataset
 from hyperst._train import _LitFinetune
 from hyperst.nn import apply_lora, build_encoder
-from hyperst.tl._finetune import PatchDataset
 from hyperst.tl._fit_setup import split_slides as _split
-from hyperst.tl._prepare import load_slide
+from hyperst.tl._prepare import geometry_from, load_slide
 
 # A random-weight resnet18 (8 blocks, so `lora_blocks` must be lowered from UNI's 11) on tiny slides: seconds.
 FIT = {
@@ -83,11 +83,12 @@ def _outputs(result) -> dict[str, np.ndarray]:
 def test_fit_trains_only_the_adapters(lora_model):
     assert len(lora_model.history) == 2 and "val_loss" in lora_model.history[0]
     assert lora_model.config.lora_blocks == 2
-    lora = lora_model.encoder["lora"]
+    lora = lora_model.encoder.lora
     assert lora["last_n_blocks"] == 2 and lora["r"] == 8 and lora["alpha"] == 16
     assert lora["target_modules"][0] == "layer4.0.conv1"
-    assert json.loads(json.dumps(lora_model.encoder)) == lora_model.encoder  # stored in config.json
-    init, state = _initial_encoder().state_dict(), lora_model.encoder_state
+    record = lora_model.encoder.to_dict()
+    assert json.loads(json.dumps(record)) == record  # stored in config.json
+    init, state = _initial_encoder().state_dict(), lora_model.encoder.state
     assert sorted(state) == sorted(init)
     adapters = [k for k in init if "lora_" in k]
     assert adapters and all(k.startswith("backbone.layer4.") for k in adapters)
@@ -123,7 +124,7 @@ def test_rebuilt_encoder_reproduces_the_validation_of_the_fit(lora_model, slides
     pred = hst.tl.predict(copy.deepcopy(slides[0]), lora_model, inplace=False, cache=False).X[val_rows]
     p, t = pred - pred.mean(0), truth[val_rows] - truth[val_rows].mean(0)
     pcc = (p * t).sum(0) / np.sqrt((p**2).sum(0) * (t**2).sum(0))
-    expected = np.array([np.nan if v is None else v for v in lora_model.training["val_pcc"]])
+    expected = np.array([np.nan if v is None else v for v in lora_model.training.val_pcc])
     np.testing.assert_allclose(pcc, expected, atol=1e-4)
 
 
@@ -133,7 +134,7 @@ def test_save_load_predicts_identically(lora_model, slides, tmp_path):
     assert (path / "encoder.safetensors").is_file()
     loaded = hst.HyperST.load(path)
     assert loaded.encoder == lora_model.encoder and loaded.config == lora_model.config
-    assert sorted(loaded.encoder_state) == sorted(lora_model.encoder_state)
+    assert sorted(loaded.encoder.state) == sorted(lora_model.encoder.state)
     # features recomputed from pixels (no cache) by the encoder rebuilt with its adapters
     after = hst.tl.predict(copy.deepcopy(slides[1]), loaded, inplace=False, cache=False)
     a, b = _outputs(before), _outputs(after)
@@ -164,8 +165,9 @@ def test_patch_dataset_gives_the_same_view_to_spot_and_niche(slides):
     slide = load_slide(slides[0], table_key=None, image_key=None, shapes_key=None, microns_per_pixel=None)
     rows = np.array([5, 0, 17, 40])
     genes = {slide.name: tuple(np.arange(60 * 3, dtype=np.float32).reshape(60, 3) + k for k in range(3))}
-    train_ds = PatchDataset([(slide, rows)], genes, cfg, augment=True)
-    val_ds = PatchDataset([(slide, rows)], genes, cfg, augment=False)
+    geometry = geometry_from(cfg)
+    train_ds = PatchDataset([(slide, rows)], genes, geometry, n_views=cfg.views, seed=cfg.random_state)
+    val_ds = PatchDataset([(slide, rows)], genes, geometry, n_views=1, seed=cfg.random_state)
     spot, niche = train_ds.readers[0].read(rows)
     train_ds.set_epoch(0)
     views = train_ds.views.copy()
@@ -190,8 +192,8 @@ def test_user_encoder_module_is_not_modified(slides):
     encoder = build_encoder("resnet18", weights=None)
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     model = hst.tl.fit(slides[0], **{**FIT, "encoder": encoder, "max_epochs": 1})
-    assert model.encoder["lora"]["last_n_blocks"] == 2
-    assert any("lora_B" in k for k in model.encoder_state)
+    assert model.encoder.lora["last_n_blocks"] == 2
+    assert any("lora_B" in k for k in model.encoder.state)
     result = hst.tl.predict(copy.deepcopy(slides[1]), model, inplace=False, cache=False)  # rebuilt on a copy
     assert np.isfinite(result.X).all()
     assert encoder.lora_config is None and sorted(encoder.state_dict()) == sorted(before)
@@ -201,7 +203,9 @@ def test_user_encoder_module_is_not_modified(slides):
 def test_bad_finetune_options_are_refused(slides):
     with pytest.raises(ValueError, match=r"Expected `finetune` to be None or 'lora', found `'full'`"):
         hst.tl.fit(slides[0], encoder="resnet18", weights=None, finetune="full")
-    with pytest.raises(ValueError, match=r"Expected a neural `encoder` with `finetune='lora'`, found `'squidpy'`"):
+    with pytest.raises(
+        ValueError, match=r"Expected `encoder` to be a neural network with `finetune=.lora.`.*, found `.squidpy.`"
+    ):
         hst.tl.fit(slides[0], encoder="squidpy", finetune="lora")
     with pytest.raises(ValueError, match=r"Expected `lora_blocks` to be at most 8, the number of blocks of `resnet18`"):
         hst.tl.fit(slides[0], encoder="resnet18", weights=None, finetune="lora")  # the default 11 is UNI's

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 import hyperst as hst
 from hyperst._data import slide_layout
+from hyperst._records import EncoderRecord, TrainingRecord
 from hyperst.nn import HyperSTModule, ModuleConfig
 
 # Small on purpose: these tests check files and keys, not accuracy (tests/test_tl.py checks the fit itself).
@@ -62,8 +64,8 @@ def _tiny(seed: int = 0, *, n_features: int = 12, genes: tuple[str, ...] = ("GA"
         module=HyperSTModule(n_features, len(genes), mcfg),
         config=hst.HyperSTConfig(module=mcfg, embed_dim_auto=False, patch_px=64, views=1),
         genes=list(genes),
-        encoder={"name": "squidpy", "weights": None, "n_features": n_features},
-        training={"slides": ["s0"], "microns_per_pixel": {"s0": 1.0}},
+        encoder=EncoderRecord(name="squidpy", n_features=n_features),
+        training=TrainingRecord(slides=("s0",), microns_per_pixel={"s0": 1.0}),
         history=[{"epoch": 0, "train_loss": 1.25, "val_loss": float("nan")}],
     )
 
@@ -112,7 +114,7 @@ def test_squidpy_model_round_trip_predicts_identically(squidpy_model, new_slide,
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
     loaded = hst.HyperST.load(path)
     _assert_same_model(squidpy_model, loaded)
-    assert loaded.encoder_state is None
+    assert loaded.encoder.state is None
     after = hst.tl.predict(new_slide, loaded, inplace=False, cache=io_cache)
     a, b = _outputs(before), _outputs(after)
     assert {"obsm/X_hyperst", "obsm/X_hyperst_niche", "obsm/X_hyperst_gene", "obsm/X_hyperst_gene_niche"} <= set(a)
@@ -124,14 +126,14 @@ def test_squidpy_model_round_trip_predicts_identically(squidpy_model, new_slide,
 
 
 def test_random_weight_encoder_travels_with_the_model(resnet_model, resnet_slides, tmp_path):
-    assert resnet_model.encoder["name"] == "resnet18" and resnet_model.encoder["weights"] is None
+    assert resnet_model.encoder.name == "resnet18" and resnet_model.encoder.weights is None
     new_slide = copy.deepcopy(resnet_slides[1])
     before = hst.tl.predict(new_slide, resnet_model, inplace=False, cache=False)
     path = resnet_model.save(tmp_path / "model")
     assert (path / "encoder.safetensors").is_file()
     loaded = hst.HyperST.load(path)
     _assert_same_model(resnet_model, loaded)
-    _same_state(resnet_model.encoder_state, loaded.encoder_state)
+    _same_state(resnet_model.encoder.state, loaded.encoder.state)
     # features recomputed from pixels (no cache): only the stored encoder weights can reproduce them
     after = hst.tl.predict(new_slide, loaded, inplace=False, cache=False)
     a, b = _outputs(before), _outputs(after)
@@ -163,9 +165,8 @@ def test_custom_encoder_needs_its_module_and_keeps_its_weights(new_slide, tmp_pa
     backbone = _TinyBackbone()
     wrapped = ImageEncoder(backbone, input_size=64)
     model = _tiny(n_features=wrapped.n_features)
-    model.encoder = wrapped.spec.to_dict()
-    model.encoder_state = {k: v.detach().clone() for k, v in wrapped.state_dict().items()}
-    model.encoder_module = backbone
+    state = {k: v.detach().clone() for k, v in wrapped.state_dict().items()}
+    model.encoder = EncoderRecord.from_dict(wrapped.spec.to_dict(), state=state, module=backbone)
     before = hst.tl.predict(new_slide, model, inplace=False, cache=False)
     path = model.save(tmp_path / "m")
 
@@ -180,17 +181,18 @@ def test_custom_encoder_needs_its_module_and_keeps_its_weights(new_slide, tmp_pa
 
 def test_predict_refuses_random_encoder_weights_that_were_not_stored(new_slide):
     model = _tiny(n_features=512)
-    model.encoder = {"name": "resnet18", "weights": None, "n_features": 512}
+    model.encoder = EncoderRecord(name="resnet18", weights=None, n_features=512)
     with pytest.raises(ValueError, match=r"`resnet18` encoder had random weights that are not stored"):
         hst.tl.predict(new_slide, model, cache=False)
 
 
 def test_tiny_model_round_trip(tmp_path):
     model = _tiny()
-    model.encoder_state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    model.encoder = EncoderRecord(name="squidpy", n_features=12, state=state)
     loaded = hst.HyperST.load(model.save(tmp_path / "m"))
     _assert_same_model(model, loaded)
-    _same_state(model.encoder_state, loaded.encoder_state)
+    _same_state(model.encoder.state, loaded.encoder.state)
     assert loaded.device == torch.device("cpu")
 
 
@@ -342,42 +344,16 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_load_never_executes_code_from_weights_pt(saved, tmp_path):
+def test_load_never_reads_a_pickled_weights_file(saved, tmp_path):
+    # only safetensors are read: a pickle beside them, even one that runs code when unpickled, is never opened
     marker = tmp_path / "pwned"
     state = {k: v.clone() for k, v in _tiny().module.state_dict().items()}
     torch.save({**state, "payload": _Payload(marker)}, saved / "weights.pt")
     (saved / "weights.safetensors").unlink()
     _edit_config(saved, weights_sha256=None)
-    assert not marker.exists()
-    with pytest.raises(ValueError, match=r"Refusing .*weights\.pt.*not a plain state dict"):
-        hst.HyperST.load(saved)
-    assert not marker.exists()
-
-
-def test_load_refuses_weights_pt_with_more_than_tensors(saved):
-    state = dict(_tiny().module.state_dict())
-    torch.save({**state, "note": "hello"}, saved / "weights.pt")
-    (saved / "weights.safetensors").unlink()
-    _edit_config(saved, weights_sha256=None)
-    with pytest.raises(ValueError, match="expected a dict of tensors"):
-        hst.HyperST.load(saved)
-
-
-def test_load_reads_a_plain_state_dict_weights_pt(saved):
-    model = _tiny()
-    torch.save(model.module.state_dict(), saved / "weights.pt")
-    (saved / "weights.safetensors").unlink()
-    _edit_config(saved, weights_sha256=None)
-    loaded = hst.HyperST.load(saved)
-    _assert_same_model(model, loaded)
-
-
-def test_load_does_not_swap_checked_weights_for_unchecked_ones(saved):
-    # config.json vouches for a safetensors file: a weights.pt in its place is not what was saved
-    torch.save(_tiny(5).module.state_dict(), saved / "weights.pt")
-    (saved / "weights.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"`weights\.safetensors` not found"):
         hst.HyperST.load(saved)
+    assert not marker.exists()
 
 
 # ------------------------------------------------------------------ SpatialData round trip
@@ -450,6 +426,71 @@ def test_repr_and_curvature(squidpy_model):
         module=HyperSTModule(12, 3, ModuleConfig(embed_dim=16, geometry="euclidean")),
         config=hst.HyperSTConfig(module=ModuleConfig(embed_dim=16, geometry="euclidean")),
         genes=["a", "b", "c"],
-        encoder={"name": "squidpy"},
+        encoder=EncoderRecord(name="squidpy", n_features=12),
     )
     assert euclid.curvature is None and "curv=" not in repr(euclid)
+
+
+# ------------------------------------------------------------------ files of format version 1
+V1 = Path(__file__).parent / "data"
+
+
+def test_a_format_1_model_file_loads_and_predicts_the_same_numbers():
+    # `tests/data/model_v1` was saved by hyperst before the typed records (commit c618bce, format version 1),
+    # with the predictions that code made on the third of `synthetic(n_slides=3, n_spots=120, seed=3)`
+    meta = json.loads((V1 / "model_v1" / "config.json").read_text())
+    assert meta["format_version"] == 1 and isinstance(meta["training"], dict)
+    model = hst.HyperST.load(V1 / "model_v1")
+    assert isinstance(model.encoder, EncoderRecord) and model.encoder.name == "squidpy"
+    assert model.encoder.fingerprint is None  # version 1 did not record one
+    assert isinstance(model.training, TrainingRecord) and model.training.slides == tuple(meta["training"]["slides"])
+    assert model.training.calibration == meta["training"]["calibration"]
+    slide = hst.datasets.synthetic(n_slides=3, n_spots=120, seed=3)[2]
+    hst.tl.predict(slide, model, cache=False)
+    expected = np.load(V1 / "model_v1_predictions.npz")
+    table = slide.tables["table"]
+    np.testing.assert_array_equal(np.asarray(slide.tables["hyperst"].X), expected["pred"])
+    np.testing.assert_array_equal(table.obsm["X_hyperst"], expected["emb"])
+    np.testing.assert_array_equal(table.layers["hyperst_lower"], expected["lower"])  # NaN for genes not predicted
+
+
+def test_saving_a_format_1_model_writes_the_current_format(tmp_path):
+    from hyperst._model import FORMAT_VERSION
+
+    model = hst.HyperST.load(V1 / "model_v1")
+    path = model.save(tmp_path / "again")
+    assert json.loads((path / "config.json").read_text())["format_version"] == FORMAT_VERSION
+    _assert_same_model(model, hst.HyperST.load(path))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "expected"),
+    [
+        ({"name": "squidpy", "weights": None, "n_features": 55}, {"input_size": None, "lora": None}),
+        (
+            {
+                "name": "resnet18",
+                "weights": None,
+                "n_features": 512,
+                "input_size": 224,
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "lora": {"last_n_blocks": 2, "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["layer4.1.conv1"]},
+            },
+            {
+                "input_size": 224,
+                "mean": (0.5, 0.5, 0.5),
+                "lora": {"last_n_blocks": 2, "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["layer4.1.conv1"]},
+            },
+        ),
+    ],
+)
+def test_format_1_encoder_specs_read_as_records(encoder, expected):
+    from hyperst._model import _from_v1
+
+    meta = _from_v1({"format_version": 1, "encoder": encoder, "training": {"best_epoch": 3}})
+    record = EncoderRecord.from_dict(meta["encoder"])
+    assert record.name == encoder["name"] and record.n_features == encoder["n_features"]
+    for key, value in expected.items():
+        assert getattr(record, key) == value, key
+    assert TrainingRecord.from_dict(meta["training"]).best_epoch == 3

@@ -359,3 +359,44 @@ def test_shape_errors():
         lorentz.pairwise_dist(torch.zeros(2, 3), torch.zeros(2, 4), 1.0)
     with pytest.raises(ValueError, match=r"Expected `x_full` to have a last dimension of at least 2"):
         lorentz.from_lorentz_full(torch.zeros(2, 1))
+
+
+# ---- Euclidean cones (the flat ablation) ----
+
+
+def _old_euclidean_cone(parent, child, min_radius):
+    # the formula as it stood in `nn/_loss.py` before it moved to `lorentz/_euclidean.py`
+    p_norm = torch.linalg.vector_norm(parent, dim=-1)
+    margin = torch.finfo(parent.dtype).eps
+    aperture = torch.asin((2 * min_radius / (p_norm + lorentz.EPS)).clamp(max=1 - margin))
+    p_dir = parent / p_norm.unsqueeze(-1).clamp_min(lorentz.EPS)
+    delta = child - parent
+    along = torch.sum(delta * p_dir, dim=-1)
+    across = torch.linalg.vector_norm(delta - along.unsqueeze(-1) * p_dir, dim=-1)
+    undefined = (across == 0) & (along == 0)
+    angle = torch.atan2(torch.where(undefined, 1.0, across), torch.where(undefined, 0.0, along))
+    return aperture, angle
+
+
+def test_euclidean_cone_hand_values_and_degenerate_points():
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.05, 0.0]])
+    y = torch.tensor([[3.0, 0.0], [0.5, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]])
+    angle = lorentz.euclidean_oxy_angle(x, y)
+    expected = torch.tensor([0.0, math.pi, math.pi / 2, math.pi / 2, math.pi / 2, 0.0])
+    torch.testing.assert_close(angle, expected)
+    aperture = lorentz.euclidean_half_aperture(x, min_radius=0.1)
+    assert aperture[0].item() == pytest.approx(math.asin(0.2))
+    assert aperture[4].item() == aperture[5].item() < math.pi / 2  # clamped within 2K of the origin
+    with pytest.raises(ValueError, match=r"Expected `y` to have the last dimension of `x` \(2\), found 3"):
+        lorentz.euclidean_oxy_angle(x, torch.zeros(6, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_euclidean_cone_is_bit_identical_to_the_loss_formula(dtype):
+    gen = torch.Generator().manual_seed(5)
+    parent = torch.randn(64, 8, generator=gen, dtype=dtype) * torch.logspace(-3, 1, 64, dtype=dtype)[:, None]
+    child = torch.randn(64, 8, generator=gen, dtype=dtype)
+    child[:4] = parent[:4]
+    old_aperture, old_angle = _old_euclidean_cone(parent, child, 0.1)
+    assert torch.equal(lorentz.euclidean_half_aperture(parent, min_radius=0.1), old_aperture)
+    assert torch.equal(lorentz.euclidean_oxy_angle(parent, child), old_angle)

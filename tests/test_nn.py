@@ -140,7 +140,7 @@ def test_lift_curvature_and_scale_stay_in_band_under_optimiser_push(direction):
 def test_lift_fixed_curvature_and_validation():
     lift = LorentzLift(4, learn_curv=False, curv_init=0.5)
     assert not lift.log_curv.requires_grad and lift.curv.item() == pytest.approx(0.5)
-    with pytest.raises(ValueError, match=r"Expected `curv_init` to lie in `curv_bounds`"):
+    with pytest.raises(ValueError, match=r"Expected `curv_init` to be within `curv_bounds` \(0.1, 10.0\), found `20"):
         LorentzLift(4, curv_init=20.0)
     with pytest.raises(ValueError, match=r"Expected `modalities` to be distinct names"):
         LorentzLift(4, ("image", "image"))
@@ -346,7 +346,7 @@ def test_prediction_ignores_genes_and_respects_decoder_input():
     no_alignment = _module(alignment=False)
     assert not any("gene" in name or "lift" in name for name, _ in no_alignment.named_parameters())
     assert not any("niche" in name for name, _ in _module(alignment=False, decoder_input="spot").named_parameters())
-    with pytest.raises(ValueError, match=r"Expected a module built with `alignment=True` to embed"):
+    with pytest.raises(ValueError, match=r"`embed` needs a module built with `alignment=True`"):
         no_alignment.embed(batch["spot_img"], batch["niche_img"])
     spot_only = _module(decoder_input="spot").eval()
     pred = spot_only.predict(batch["spot_img"], batch["niche_img"])
@@ -458,7 +458,7 @@ def test_module_input_and_output_errors():
         ({"geometry": "poincare"}, r"Expected `geometry` to be 'lorentz' or 'euclidean', found `'poincare'`"),
         ({"entail_pairs": ()}, r"`entail_pairs` to be distinct names .* at least one with `entailment=True`"),
         ({"curv_init": 50.0}, r"Expected `curv_init` to be within `curv_bounds` \(0.1, 10.0\), found `50.0`"),
-        ({"dropout": -0.1, "min_radius": 0}, r"`min_radius` to be positive, found `0`; `dropout` to be in"),
+        ({"dropout": -0.1, "min_radius": 0}, r"`min_radius` to be positive, found `0`\. Expected `dropout` to be in"),
         ({"logit_scale_init": 200.0}, r"`logit_scale_init` to be at most `max_logit_scale`"),
     ],
 )

@@ -250,7 +250,7 @@ def test_history_losses_and_curvature(model):
     assert "loss (train)" in labels and "mse (train)" in labels and "hca (validation)" in labels
     curve = next(line for line in curv_ax.lines if line.get_label() == "curvature")
     np.testing.assert_allclose(curve.get_ydata(), [row["train_curv"] for row in model.history])
-    best = model.training["best_epoch"]
+    best = model.training.best_epoch
     assert any(line.get_label() == "best epoch" and line.get_xdata()[0] == best for line in curv_ax.lines)
     assert loss_ax.get_legend() is not None
 

@@ -46,9 +46,9 @@ def test_fit_returns_a_trained_model(model, slides):
     assert model.config.module.embed_dim == 64
     assert 0.1 <= model.curvature <= 10
     assert len(model.history) >= 1 and "val_loss" in model.history[0] and "train_mse" in model.history[0]
-    assert model.training["validation_slides"] and len(model.training["val_pcc"]) == 30
-    assert model.training["technology"] == ["visium"]
-    assert model.training["microns_per_pixel"]["synthetic_0"] == pytest.approx(1.0)
+    assert model.training.validation_slides and len(model.training.val_pcc) == 30
+    assert model.training.technology == ("visium",)
+    assert model.training.microns_per_pixel["synthetic_0"] == pytest.approx(1.0)
     # slides are not modified by fitting
     assert "hyperst_connectivities" not in slides[0].tables["table"].obsp
     assert "hyperst" not in slides[0].tables
@@ -127,12 +127,12 @@ def test_cpu_fit_is_reproducible(slides, feature_cache, model):
 
 def test_refit_trains_on_all_slides_for_the_chosen_epochs(slides, feature_cache, model):
     training = model.training
-    assert training["refit_epochs"] == training["best_epoch"] + 1 == len(training["refit_history"])
-    assert all("val_loss" not in row for row in training["refit_history"])  # nothing held out in the refit
+    assert training.refit_epochs == training.best_epoch + 1 == len(training.refit_history)
+    assert all("val_loss" not in row for row in training.refit_history)  # nothing held out in the refit
     no_refit = hst.tl.fit(slides[:2], cache=feature_cache, refit=False, **FIT)
-    assert no_refit.training["refit_epochs"] is None and no_refit.training["refit_history"] is None
+    assert no_refit.training.refit_epochs is None and no_refit.training.refit_history is None
     # the held-out run is the same, so the validation scores are too; the weights are not
-    assert no_refit.training["val_pcc"] == training["val_pcc"]
+    assert no_refit.training.val_pcc == training.val_pcc
     assert no_refit.history == model.history
     w, w_no = model.module.decoder[-1].weight, no_refit.module.decoder[-1].weight
     assert not torch.equal(w, w_no)
@@ -144,10 +144,10 @@ def test_early_stopping_watches_the_chosen_validation_metric(slides, feature_cac
     def argmin(history, key):
         return int(np.argmin([row[key] for row in history]))
 
-    assert model.training["best_epoch"] == argmin(model.history, "val_loss")
+    assert model.training.best_epoch == argmin(model.history, "val_loss")
     by_mse = hst.tl.fit(slides[:2], cache=feature_cache, refit=False, monitor="mse", **FIT)
     assert by_mse.config.monitor == "mse"
-    assert by_mse.training["best_epoch"] == argmin(by_mse.history, "val_mse")
+    assert by_mse.training.best_epoch == argmin(by_mse.history, "val_mse")
     n = min(len(by_mse.history), len(model.history))  # the same run; only the epoch kept (and the stop) differ
     assert by_mse.history[:n] == model.history[:n]
     with pytest.raises(ValueError, match="Expected `monitor` to be 'loss' or 'mse'"):
@@ -250,10 +250,33 @@ def test_interrupted_fit_resumes_from_its_checkpoint(slides, feature_cache, tmp_
     uninterrupted = hst.tl.fit(slides[:2], **{**kw, "checkpoint_dir": None})
     for a, b in zip(resumed.history[:3], uninterrupted.history[:3], strict=True):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-    assert resumed.training["refit_epochs"] == resumed.training["best_epoch"] + 1
+    assert resumed.training.refit_epochs == resumed.training.best_epoch + 1
     # both runs finished: resuming again trains nothing and returns the same model
     again = hst.tl.fit(slides[:2], **kw, resume=True)
     assert again.history == resumed.history
     assert torch.equal(again.module.decoder[-1].weight, resumed.module.decoder[-1].weight)
     with pytest.raises(ValueError, match="checkpoint_dir"):
         hst.tl.fit(slides[:2], **{**kw, "checkpoint_dir": None}, resume=True)
+
+
+def test_fit_leaves_the_callers_random_generators_as_they_were(slides, feature_cache):
+    import os
+    import random
+
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    before = (random.getstate(), np.random.get_state()[1].copy(), torch.random.get_rng_state())
+    hst.tl.fit(slides[:2], cache=feature_cache, **{**FIT, "max_epochs": 1, "random_state": 5})
+    after = (random.getstate(), np.random.get_state()[1], torch.random.get_rng_state())
+    assert after[0] == before[0]
+    np.testing.assert_array_equal(after[1], before[1])
+    assert torch.equal(after[2], before[2])
+    assert {k: os.environ.get(k) for k in env} == env
+    # and the streams go on as if fit had not run
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(11)
+    np.random.seed(11)
+    torch.manual_seed(11)
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])

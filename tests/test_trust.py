@@ -12,6 +12,7 @@ from spatialdata.models import Image2DModel
 from spatialdata.transformations import get_transformation
 
 import hyperst as hst
+from hyperst._data._target import measured_expression
 from hyperst.tl._trust import CALIBRATION_LEVELS, calibration, conformal_bounds
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,10 +99,10 @@ def test_too_few_calibration_spots_warns():
 
 
 def test_fit_stores_calibration_and_reference(model):
-    cal, qc = model.training["calibration"], model.training["qc"]
+    cal, qc = model.training.calibration, model.training.qc
     assert cal["n"] > 0 and np.asarray(cal["plain"]).shape == (25, len(CALIBRATION_LEVELS))
     assert "normalised" in cal and cal["difficulty_median"] > 0
-    assert set(qc["stain_od"]) == set(model.training["slides"]) and len(qc["feature_distance"]) == 3
+    assert set(qc["stain_od"]) == set(model.training.slides) and len(qc["feature_distance"]) == 3
     assert len(qc["radius"]) == 3 and qc["radius"][0] <= qc["radius"][2]
 
 
@@ -117,7 +118,7 @@ def test_predict_writes_intervals_and_gene_reliability(model, slides, cache):
     assert (lower <= pred + 1e-6).all() and (pred <= upper + 1e-6).all()
     others = np.setdiff1d(np.arange(table.n_vars), cols)
     assert np.isnan(table.layers["hyperst_lower"][:, others]).all()
-    val_pcc = np.array(model.training["val_pcc"], dtype=float)
+    val_pcc = np.array(model.training.val_pcc, dtype=float)
     np.testing.assert_allclose(table.var["hyperst_val_pcc"].to_numpy()[cols], val_pcc)
     assert np.isnan(table.var["hyperst_val_pcc"].to_numpy()[others]).all()
     np.testing.assert_array_equal(table.var["hyperst_reliable"].to_numpy()[cols], val_pcc >= 0.3)
@@ -127,7 +128,7 @@ def test_predict_writes_intervals_and_gene_reliability(model, slides, cache):
     out = sdata.tables["hyperst"]
     np.testing.assert_allclose(out.layers["hyperst_upper"], upper)
     # coverage on the held-out synthetic slide, measured on the model's target scale
-    measured = hst.tl._evaluate._measured(table, "table", None, model.config.target, cols)
+    measured = measured_expression(table, "table", None, model.config.target, cols)
     covered = ((measured >= lower) & (measured <= upper)).mean()
     assert covered > 0.7, covered
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from . import (
     _logging,  # noqa: F401  (installs the "hyperst" log handler)
     datasets,
@@ -16,10 +14,6 @@ from . import (
 from ._config import HyperSTConfig
 from ._model import HyperST
 from ._settings import settings
-
-try:
-    __version__ = version("hyperst")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0+unknown"
+from ._version import __version__
 
 __all__ = ["HyperST", "HyperSTConfig", "__version__", "datasets", "lorentz", "nn", "pl", "pp", "settings", "tl"]

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from spatialdata import SpatialData
 
-    from hyperst import HyperST
+    from hyperst._model import HyperST
 
 __all__ = ["main"]
 
@@ -21,11 +21,12 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import hyperst as hst
+    from hyperst._constants import Keys, Provenance
     from hyperst._data import PatchReader, slide_layout
+    from hyperst._validation import expected
 
     if args.n_slides < 2:
-        msg = f"Expected `n_slides` to be at least 2 (train and held-out), found `{args.n_slides}`."
-        raise ValueError(msg)
+        raise ValueError(expected("n_slides", "at least 2 (train and held-out)", args.n_slides))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -67,9 +68,11 @@ def _demo(args: argparse.Namespace) -> int:
     hst.tl.predict(test, model, cache=out / "features")
     t_pred = time.perf_counter() - t1
     scores = hst.tl.evaluate(test)
-    metrics = test.tables["table"].uns["hyperst"]["metrics"]
+    keys = Keys()
+    metrics = test.tables["table"].uns[keys.uns][Provenance.metrics]
+    region = test.tables[keys.table].uns["spatialdata_attrs"]["region"]
     print(
-        f"Predicted held-out slide {test.tables['hyperst'].uns['spatialdata_attrs']['region']} in {t_pred:.0f} s: "
+        f"Predicted held-out slide {region} in {t_pred:.0f} s: "
         f"mean PCC {metrics['pcc_mean']['pooled']:.3f}, PCC@10 {metrics['pcc_at_10']['pooled']:.3f} over "
         f"{len(scores)} genes; best: {', '.join(scores.index[:3])}."
     )
@@ -88,10 +91,11 @@ def _figures(test: SpatialData, model: HyperST, scores: pd.DataFrame, out: Path)
     import matplotlib.pyplot as plt
 
     import hyperst as hst
+    from hyperst._constants import Keys
 
     hst.tl.poincare(test, streams=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
-    hst.pl.poincare(test, color="hyperst_radius", ax=axes[0], show=False)
+    hst.pl.poincare(test, color=Keys().radius, ax=axes[0], show=False)
     hst.pl.poincare(test, color="domain", hierarchy=True, n_lines=20, ax=axes[1], show=False)
     drawn = {"poincare.png": fig}
     drawn["spatial.png"] = hst.pl.spatial(test, list(scores.index[:3]), show=False)
@@ -104,7 +108,7 @@ def _figures(test: SpatialData, model: HyperST, scores: pd.DataFrame, out: Path)
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hyperst import __version__
+    from hyperst._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="hyperst", description="Predict spatial gene expression from H&E histology (HyperST)."

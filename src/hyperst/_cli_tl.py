@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._config import _MONITORS, _TARGETS
+from ._constants import DEFAULT_KEY, MONITORS, TARGETS, Keys, Provenance
 
 __all__ = ["add_commands"]
 
@@ -62,7 +62,7 @@ def _fit(args: argparse.Namespace) -> int:
         **kwargs,
     )
     model.save(out)
-    val = model.training.get("val_mean_pcc")
+    val = model.training.val_mean_pcc
     val_text = f"; validation mean PCC {val:.3f}" if val is not None else ""
     print(f"Fitted {model!r} on {len(slides)} slide(s) in {time.perf_counter() - t0:.0f} s{val_text}.")
     print(f"Wrote the model to {out}.")
@@ -74,7 +74,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     sdata = _read(args.slide)
     model = hst.HyperST.load(args.model)
-    if args.out is None and args.key_added in sdata.tables and not args.overwrite:
+    table = Keys(args.key_added).table
+    if args.out is None and table in sdata.tables and not args.overwrite:
         msg = (
             f"`{args.slide}` already holds a table `{args.key_added}`: pass `--overwrite` to replace it, "
             "`--key-added` to write beside it, or `--out` to write a new store."
@@ -92,16 +93,16 @@ def _predict(args: argparse.Namespace) -> int:
         image_key=args.image_key,
         coverage=None if args.coverage == 0 else args.coverage,
     )
-    n = sdata.tables[args.key_added].n_obs
+    n = sdata.tables[table].n_obs
     print(f"Predicted {len(model.genes)} genes for {n} spots in {time.perf_counter() - t0:.0f} s.")
     if args.out is not None:
         sdata.write(args.out)
-        print(f"Wrote the slide with its predictions to {args.out} (table `{args.key_added}`, and layers/obsm).")
+        print(f"Wrote the slide with its predictions to {args.out} (table `{table}`, and layers/obsm).")
     else:
-        if args.key_added in sdata.tables and args.overwrite:
-            sdata.delete_element_from_disk(args.key_added)
-        sdata.write_element(args.key_added)
-        print(f"Added table `{args.key_added}` (predictions, intervals, embeddings) to {args.slide}.")
+        if table in sdata.tables and args.overwrite:
+            sdata.delete_element_from_disk(table)
+        sdata.write_element(table)
+        print(f"Added table `{table}` (predictions, intervals, embeddings) to {args.slide}.")
     return 0
 
 
@@ -109,27 +110,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     import hyperst as hst
-    from hyperst._data._elements import resolve_elements
+    from hyperst._data import resolve_elements
 
     sdata = _read(args.slide)
-    if args.key_added not in sdata.tables:
-        msg = f"`{args.slide}` has no predictions table `{args.key_added}`: run `hyperst predict` on it first."
+    keys = Keys(args.key_added)
+    if keys.table not in sdata.tables:
+        msg = f"`{args.slide}` has no predictions table `{keys.table}`: run `hyperst predict` on it first."
         raise KeyError(msg)
-    pred = sdata.tables[args.key_added]
+    pred = sdata.tables[keys.table]
     table_key = args.table_key or resolve_elements(sdata, need_image=False).table_key
     table = sdata.tables[table_key].copy()
     rows = table.obs_names.get_indexer(pred.obs_names)
     cols = table.var_names.get_indexer(pred.var_names)
     if (rows < 0).any():
-        msg = f"Table `{args.key_added}` annotates spots missing from table `{table_key}`: predict again."
+        msg = f"Table `{keys.table}` annotates spots missing from table `{table_key}`: predict again."
         raise ValueError(msg)
     layer = np.full(table.shape, np.nan, dtype=np.float32)
     keep = cols >= 0
     layer[np.ix_(rows, cols[keep])] = np.asarray(pred.X)[:, keep]
-    table.layers[args.key_added] = layer
-    target = pred.uns.get(args.key_added, {}).get("target", "log2")
-    scores = hst.tl.evaluate(table, layer=args.key_added, target=target, key_added=args.key_added)
-    metrics = table.uns[args.key_added]["metrics"]
+    table.layers[keys.layer] = layer
+    target = pred.uns.get(keys.uns, {}).get(Provenance.target, TARGETS[0])
+    scores = hst.tl.evaluate(table, layer=keys.layer, target=target, key_added=args.key_added)
+    metrics = table.uns[keys.uns][Provenance.metrics]
     print(f"{'metric':<12}{'pooled':>10}")
     for key in ("pcc_mean", "pcc_at_10", "pcc_at_50", "pcc_at_200", "mse", "mae"):
         if key in metrics:
@@ -154,13 +156,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--genes", type=int, default=200, help="genes to predict (default: %(default)s)")
     fit.add_argument("--encoder", default="resnet50", help="image encoder (default: %(default)s)")
     fit.add_argument("--weights", default="DEFAULT", help="DEFAULT, none or a local file (default: %(default)s)")
-    fit.add_argument("--target", default="log2", choices=_TARGETS, help="(default: %(default)s)")
+    fit.add_argument("--target", default=TARGETS[0], choices=TARGETS, help="(default: %(default)s)")
     fit.add_argument("--max-epochs", type=int, default=200, help="(default: %(default)s)")
     fit.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's)")
     fit.add_argument(
         "--monitor",
-        default="loss",
-        choices=_MONITORS,
+        default=MONITORS[0],
+        choices=MONITORS,
         help="what early stopping watches: the whole loss or the prediction MSE (default: %(default)s)",
     )
     fit.add_argument("--embed-dim", type=int, default=None, help="embedding width (default: sized to the encoder)")
@@ -177,7 +179,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("slide", help="SpatialData .zarr store")
     predict.add_argument("--model", required=True, help="model folder written by `hyperst fit`")
     predict.add_argument("--out", default=None, help="write a new store with everything instead")
-    predict.add_argument("--key-added", default="hyperst", help="(default: %(default)s)")
+    predict.add_argument("--key-added", default=DEFAULT_KEY, help="(default: %(default)s)")
     predict.add_argument("--coverage", type=float, default=0.9, help="interval coverage, 0 for none (default: 0.9)")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing predictions table")
     evaluate = sub.add_parser(
@@ -186,7 +188,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Compare the predictions table of a store with its measured counts: mean PCC, PCC@k, MSE, MAE.",
     )
     evaluate.add_argument("slide", help="SpatialData .zarr store holding counts and a predictions table")
-    evaluate.add_argument("--key-added", default="hyperst", help="predictions table (default: %(default)s)")
+    evaluate.add_argument("--key-added", default=DEFAULT_KEY, help="predictions table (default: %(default)s)")
     evaluate.add_argument("--csv", default=None, help="write the per-gene scores to this CSV file")
     for p in (fit, predict, evaluate):
         p.add_argument("--table-key", default=None, help="table of counts (default: inferred)")

@@ -6,17 +6,16 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from ._constants import MONITORS, PATCH_SIZE_PX, SPOT_PATCH_UM, TARGETS
+from ._validation import expected
 from .nn import ModuleConfig
 
 __all__ = ["HyperSTConfig"]
 
-_TARGETS = ("log2", "log2_cp10k")
-_MONITORS = ("loss", "mse")
-
 
 @dataclass(frozen=True, kw_only=True)
 class HyperSTConfig:
-    """Hyperparameters of :func:`hyperst.tl.fit`; defaults follow the authors' code (HYPERST.md §1.11).
+    """Hyperparameters of :func:`hyperst.tl.fit`; defaults follow the authors' code.
 
     Parameters
     ----------
@@ -85,10 +84,10 @@ class HyperSTConfig:
     module: ModuleConfig = field(default_factory=lambda: ModuleConfig(embed_dim=1024))
     embed_dim_auto: bool = True
     target: Literal["log2", "log2_cp10k"] = "log2"
-    spot_um: float = 112.0
+    spot_um: float = SPOT_PATCH_UM
     niche_um: float | None = None
     n_rings: int = 1
-    patch_px: int = 224
+    patch_px: int = PATCH_SIZE_PX
     views: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -111,7 +110,7 @@ class HyperSTConfig:
 
         def check(ok: bool, name: str, what: str) -> None:  # noqa: FBT001
             if not ok:
-                problems.append(f"Expected `{name}` to be {what}, found `{getattr(self, name)!r}`.")
+                problems.append(expected(name, what, getattr(self, name)))
 
         def pos(v: Any) -> bool:
             return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -119,12 +118,12 @@ class HyperSTConfig:
         def posint(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
-        check(self.target in _TARGETS, "target", f"one of {list(_TARGETS)}")
+        check(self.target in TARGETS, "target", f"one of {list(TARGETS)}")
         check(pos(self.spot_um), "spot_um", "a positive number")
         check(self.niche_um is None or pos(self.niche_um), "niche_um", "None or a positive number")
         for name in ("n_rings", "patch_px", "batch_size", "max_epochs", "patience"):
             check(posint(getattr(self, name)), name, "a positive integer")
-        check(self.monitor in _MONITORS, "monitor", " or ".join(map(repr, _MONITORS)))
+        check(self.monitor in MONITORS, "monitor", " or ".join(map(repr, MONITORS)))
         check(self.views in range(1, 9), "views", "an integer from 1 to 8")
         check(pos(self.lr), "lr", "a positive number")
         check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", ">= 0")

@@ -5,9 +5,34 @@ No other module spells a slot name as a string literal: use :class:`Keys`.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_KEY", "Keys", "SPOT_DIAMETER_UM", "GRID_PITCH_UM"]
+from ._validation import expected
+
+__all__ = [
+    "DEFAULT_KEY",
+    "GRID_PITCH_UM",
+    "MONITORS",
+    "OUTPUT_TABLE_FLAG",
+    "PATCH_SIZE_PX",
+    "SPOT_DIAMETER_UM",
+    "SPOT_PATCH_UM",
+    "STREAMS",
+    "SYNTHETIC_ATTRS",
+    "TARGETS",
+    "TARGET_LABELS",
+    "TILES_KEY",
+    "Keys",
+    "Provenance",
+]
 
 DEFAULT_KEY = "hyperst"
+
+#: Training targets and their scale, as axis labels and metric definitions spell it.
+TARGET_LABELS = {"log2": "log2(1 + counts)", "log2_cp10k": "log2(1 + counts per 10,000)"}
+TARGETS = tuple(TARGET_LABELS)
+#: What early stopping can watch.
+MONITORS = ("loss", "mse")
+#: The four embeddings of a spot, in the order the module returns them.
+STREAMS = ("spot_image", "niche_image", "spot_gene", "niche_gene")
 
 #: Physical spot diameter in micrometres, by technology.
 SPOT_DIAMETER_UM = {"visium": 55.0, "st": 100.0}
@@ -31,7 +56,7 @@ class Keys:
 
     def __init__(self, stem: str = DEFAULT_KEY) -> None:
         if not isinstance(stem, str) or not stem:
-            msg = f"Expected `key_added` to be a non-empty string, found `{stem!r}`."
+            msg = expected("key_added", "a non-empty string", stem)
             raise ValueError(msg)
         self.stem = stem
 
@@ -132,3 +157,32 @@ class Keys:
     def uns(self) -> str:
         """``uns`` key of provenance."""
         return self.stem
+
+    def stream_embedding(self, stream: str) -> str:
+        """``obsm`` key of one of the four :data:`STREAMS`' Lorentz embedding."""
+        suffix = {"spot_image": "", "niche_image": "_niche", "spot_gene": "_gene", "niche_gene": "_gene_niche"}
+        return f"X_{self.stem}{suffix[stream]}"
+
+    def stream_poincare(self, stream: str) -> str:
+        """``obsm`` key of a stream's Poincaré projection (that of ``spot_image`` is :attr:`poincare`)."""
+        return f"{self.stream_embedding(stream)}_poincare"
+
+
+class Provenance:
+    """Entries of ``uns[Keys(stem).uns]``, the provenance dict :func:`hyperst.tl.predict` writes."""
+
+    curvature = "curvature"
+    target = "target"
+    qc = "qc"
+    intervals = "intervals"
+    metrics = "metrics"
+    #: Which ``obsm`` key holds which stream's shared-axes projection (``hyperst.tl.poincare(streams=True)``).
+    poincare_streams = "poincare_streams"
+
+
+#: ``uns`` flag of the tables hyperst writes (predictions); such tables are never taken as input.
+OUTPUT_TABLE_FLAG = "hyperst_output_table"
+#: Default ``sdata.tables`` key of the tile table :func:`hyperst.pp.tile` writes, and its ``uns`` key of parameters.
+TILES_KEY = "hyperst_tiles"
+#: ``sdata.attrs`` key describing how a :func:`hyperst.datasets.synthetic` slide was made.
+SYNTHETIC_ATTRS = "hyperst_synthetic"

@@ -1,13 +1,16 @@
-"""``HyperST``: a trained model (config, torch module, genes, encoder spec, history) and its files.
+"""``HyperST``: a trained model (config, torch module, genes, encoder and training records, history), and its files.
 
 A model folder holds ``config.json`` (everything but tensors) and ``weights.safetensors`` (the module), plus
-``encoder.safetensors`` when the image encoder cannot be rebuilt from its name (random or custom weights).
-Loading never unpickles: safetensors only, or a plain state dict read with ``torch.load(weights_only=True)``.
+``encoder.safetensors`` when the image encoder cannot be rebuilt from its name (random, local-file, custom or
+fine-tuned weights). Loading never unpickles: safetensors only.
+
+Format versions: 2 stores the typed :class:`~hyperst._records.EncoderRecord` and
+:class:`~hyperst._records.TrainingRecord`; files of version 1 (hyperst before the records) are read through
+:func:`_from_v1`, and predict the same numbers.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +24,9 @@ import numpy as np
 import torch
 
 from ._config import HyperSTConfig
+from ._records import EncoderRecord, TrainingRecord
+from ._utils import file_sha256, state_fingerprint
+from ._version import __version__
 from .nn import HyperSTModule
 
 __all__ = ["HyperST"]
@@ -28,16 +34,33 @@ __all__ = ["HyperST"]
 logger = logging.getLogger(__name__)
 
 FORMAT = "hyperst-model"
-FORMAT_VERSION = 1
-_CONFIG, _WEIGHTS, _ENCODER, _LEGACY_WEIGHTS = "config.json", "weights.safetensors", "encoder.safetensors", "weights.pt"
+FORMAT_VERSION = 2
+_CONFIG, _WEIGHTS, _ENCODER = "config.json", "weights.safetensors", "encoder.safetensors"
 #: Fix-it sentence for a damaged model folder.
 _RECOPY = "Copy the model folder again from where it was saved, or save the model again with `HyperST.save`."
 
 
-def _version() -> str:
-    from . import __version__
+def _from_v1(meta: dict[str, Any]) -> dict[str, Any]:
+    """Read ``config.json`` of format version 1: the encoder and training entries were untyped dicts.
 
-    return __version__
+    Version 1 wrote the encoder as the spec of :class:`hyperst.nn.EncoderSpec` (plus ``"lora"``), without a
+    weights fingerprint, and the training dict with a subset of :class:`~hyperst._records.TrainingRecord`'s
+    fields; both read as records with the missing fields unset. Nothing that predictions use changes.
+    """
+    out = dict(meta)
+    out["encoder"] = {**meta.get("encoder", {}), "fingerprint": None, "weights_sha256": None}
+    out["training"] = dict(meta.get("training", {}))
+    out["format_version"] = 2
+    logger.info(
+        "Reading a model file of format version 1 (hyperst %s); `save` writes version %d",
+        meta.get("hyperst_version", "?"),
+        FORMAT_VERSION,
+    )
+    return out
+
+
+#: Readers of older format versions, each returning the metadata in the next version's layout.
+_MIGRATIONS = {1: _from_v1}
 
 
 @dataclass
@@ -56,26 +79,26 @@ class HyperST:
     genes
         Names of the predicted genes, in output order.
     encoder
-        Spec of the image encoder (name, weights, feature width).
+        The image encoder: name, weights and their provenance, feature width, LoRA settings, and the weights
+        stored with the model (:class:`~hyperst._records.EncoderRecord`).
     training
-        What the model saw: slides, spots, microns per pixel, patch sides, best epoch, validation metrics.
+        What the model saw and what its fit decided: slides, spots, microns per pixel, patch sides, best epoch,
+        validation metrics, calibration, QC reference (:class:`~hyperst._records.TrainingRecord`).
     history
-        Per-epoch losses, curvature and scales.
+        Per-epoch losses, curvature and scales of the held-out run.
     """
 
     module: HyperSTModule
     config: HyperSTConfig
     genes: list[str]
-    encoder: dict[str, Any]
-    training: dict[str, Any] = field(default_factory=dict)
+    encoder: EncoderRecord
+    training: TrainingRecord = field(default_factory=TrainingRecord)
     history: list[dict[str, float]] = field(default_factory=list)
-    encoder_state: dict[str, torch.Tensor] | None = None
-    encoder_module: torch.nn.Module | None = None
 
     def __repr__(self) -> str:
         curv = self.curvature
         return (
-            f"HyperST({len(self.genes)} genes, encoder={self.encoder.get('name')!r}, "
+            f"HyperST({len(self.genes)} genes, encoder={self.encoder.name!r}, "
             f"embed_dim={self.config.module.embed_dim}, geometry={self.config.module.geometry!r}"
             + (f", curv={curv:.3g}" if curv is not None else "")
             + f", epochs={len(self.history)})"
@@ -98,12 +121,12 @@ class HyperST:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "hyperst_version": _version(),
+            "hyperst_version": __version__,
             "config": self.config.to_dict(),
             "n_features": self.module.n_features,
             "genes": list(self.genes),
-            "encoder": self.encoder,
-            "training": self.training,
+            "encoder": self.encoder.to_dict(),
+            "training": self.training.to_dict(),
             "history": self.history,
         }
 
@@ -151,11 +174,11 @@ class HyperST:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
             save_file(state, str(tmp / _WEIGHTS))
             meta = self._metadata()
-            meta["weights_sha256"] = _sha256(tmp / _WEIGHTS)
-            if self.encoder_state is not None:
-                enc = {k: v.detach().cpu().contiguous() for k, v in self.encoder_state.items()}
+            meta["weights_sha256"] = file_sha256(tmp / _WEIGHTS)
+            if self.encoder.state is not None:
+                enc = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state.items()}
                 save_file(enc, str(tmp / _ENCODER))
-                meta["encoder_sha256"] = _sha256(tmp / _ENCODER)
+                meta["encoder_sha256"] = file_sha256(tmp / _ENCODER)
             (tmp / _CONFIG).write_text(json.dumps(meta, indent=1, default=_json_default))
             if path.exists() or path.is_symlink():
                 old = path.with_name(f".{path.name}.old-{token}")
@@ -217,17 +240,24 @@ class HyperST:
                 "`HyperST.save`."
             )
             raise ValueError(msg)
-        if meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version")
+        while version in _MIGRATIONS:
+            meta = _MIGRATIONS[version](meta)
+            version = meta["format_version"]
+        if version != FORMAT_VERSION:
+            readable = ", ".join(str(v) for v in (*_MIGRATIONS, FORMAT_VERSION))
             msg = (
                 f"The model at `{path}` was written by hyperst {meta.get('hyperst_version', '?')} in format "
-                f"version {meta.get('format_version')!r}; this is hyperst {_version()}, which reads format "
-                f"version {FORMAT_VERSION}. Load it with the hyperst version that wrote it."
+                f"version {version!r}; this is hyperst {__version__}, which reads format versions {readable}. "
+                "Load it with the hyperst version that wrote it."
             )
             raise ValueError(msg)
         try:
             config = HyperSTConfig.from_dict(meta["config"])
             genes = [str(g) for g in meta["genes"]]
             module = HyperSTModule(int(meta["n_features"]), len(genes), config.module)
+            training = TrainingRecord.from_dict(meta.get("training", {}))
+            encoder_data = dict(meta["encoder"])
         except (KeyError, TypeError, ValueError) as err:
             msg = f"`{cfg_file}` does not describe a valid model ({type(err).__name__}: {err}). {_RECOPY}"
             raise ValueError(msg) from err
@@ -242,24 +272,23 @@ class HyperST:
         # a recorded encoder file is required: without it a random-weight encoder would be silently redrawn
         has_encoder = meta.get("encoder_sha256") is not None or (path / _ENCODER).exists()
         enc_state = _read_state(path, _ENCODER, meta.get("encoder_sha256")) if has_encoder else None
+        try:
+            record = EncoderRecord.from_dict(encoder_data, state=enc_state, module=encoder)
+        except (KeyError, TypeError, ValueError) as err:
+            msg = f"`{cfg_file}` does not describe a valid encoder ({type(err).__name__}: {err}). {_RECOPY}"
+            raise ValueError(msg) from err
         return cls(
             module=module,
             config=config,
             genes=genes,
-            encoder=meta.get("encoder", {}),
-            training=meta.get("training", {}),
+            encoder=record,
+            training=training,
             history=meta.get("history", []),
-            encoder_state=enc_state,
-            encoder_module=encoder,
         )
 
     def fingerprint(self) -> str:
         """Short sha256 of the module weights (provenance in ``uns``)."""
-        h = hashlib.sha256()
-        for k, v in sorted(self.module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return state_fingerprint(self.module.state_dict())
 
 
 def _replaceable(path: Path) -> bool:
@@ -282,19 +311,10 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, torch.Tensor]:
     file = path / name
-    legacy = path / _LEGACY_WEIGHTS
     if file.exists():
-        if expected_sha is not None and _sha256(file) != expected_sha:
+        if expected_sha is not None and file_sha256(file) != expected_sha:
             msg = (
                 f"`{file}` does not match the checksum in `{_CONFIG}`: the file is truncated or was modified. {_RECOPY}"
             )
@@ -307,23 +327,6 @@ def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, to
         except (SafetensorError, OSError, ValueError) as err:
             msg = f"`{file}` is not a readable safetensors file ({err}). {_RECOPY}"
             raise ValueError(msg) from err
-    if name == _WEIGHTS and legacy.exists() and expected_sha is None:  # a checksummed file is not swapped
-        try:
-            state = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError subclasses for refused payloads
-            msg = (
-                f"Refusing `{legacy}`: it is not a plain state dict of tensors ({type(err).__name__}), and hyperst "
-                "never runs code from a model file. Re-save it from trusted code with "
-                "`torch.save(module.state_dict(), ...)`, or save the model with `HyperST.save`."
-            )
-            raise ValueError(msg) from err
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            msg = (
-                f"Refusing `{legacy}`: expected a dict of tensors. Re-save it with "
-                "`torch.save(module.state_dict(), ...)`, or save the model with `HyperST.save`."
-            )
-            raise ValueError(msg)
-        return state
     msg = f"No weights in `{path}`: `{name}` not found. {_RECOPY}"
     raise FileNotFoundError(msg)
 

@@ -1,11 +1,15 @@
-"""Global settings of hyperst (``hyperst.settings``)."""
+"""Global settings of hyperst (``hyperst.settings``), checked when set."""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from numbers import Integral
 from pathlib import Path
+from typing import Any
+
+from ._validation import check_choice, expected, expected_type
 
 __all__ = ["Settings", "settings"]
 
@@ -24,9 +28,38 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "hyperst"
 
 
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(expected_type(name, "True or False", value))
+    return value
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(expected_type(name, "an integer >= 0", value))
+    if value < 0:
+        raise ValueError(expected(name, "an integer >= 0", value))
+    return int(value)
+
+
+def _check_path(name: str, value: Any) -> Path:
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(expected_type(name, "a str or os.PathLike path", value))
+    return Path(value).expanduser()
+
+
+#: Check (and conversion) of each setting, run whenever it is set.
+_CHECKS = {
+    "progress_bar": _check_bool,
+    "num_workers": _check_count,
+    "read_ahead": _check_count,
+    "cache_dir": _check_path,
+}
+
+
 @dataclass
 class Settings:
-    """Package-wide settings.
+    """Package-wide settings, checked when set (a wrong value raises :class:`TypeError` or :class:`ValueError`).
 
     Attributes
     ----------
@@ -38,19 +71,25 @@ class Settings:
     read_ahead
         Batches of patches that feature extraction and prediction read in a background thread while the encoder
         works on the current one (memory: this many batches more). ``0`` reads them in turn with the encoding.
-    seed
-        Default random seed where a function takes ``random_state=None``.
     cache_dir
         Where datasets and cached features are stored; defaults to ``$HYPERST_DATA_DIR`` or
-        ``~/.cache/hyperst``.
+        ``~/.cache/hyperst``. A string or path-like, stored as a :class:`~pathlib.Path` (``~`` expanded).
     """
 
     progress_bar: bool = True
     num_workers: int = 0
     read_ahead: int = 1
-    seed: int = 0
     cache_dir: Path = field(default_factory=_default_cache_dir)
     _verbosity: str = "info"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CHECKS:
+            value = _CHECKS[name](f"hyperst.settings.{name}", value)
+        elif name != "verbosity" and name not in {f.name for f in fields(self)}:
+            names = sorted([*_CHECKS, "verbosity"])
+            msg = f"`hyperst.settings` has no setting `{name}`; the settings are {names}."
+            raise AttributeError(msg)
+        super().__setattr__(name, value)
 
     @property
     def verbosity(self) -> str:
@@ -59,9 +98,7 @@ class Settings:
 
     @verbosity.setter
     def verbosity(self, value: str) -> None:
-        if value not in _VERBOSITY:
-            msg = f"Expected `verbosity` to be one of {sorted(_VERBOSITY)}, found `{value!r}`."
-            raise ValueError(msg)
+        check_choice(value, "hyperst.settings.verbosity", sorted(_VERBOSITY))
         self._verbosity = value
         logging.getLogger("hyperst").setLevel(_VERBOSITY[value])
 

@@ -6,12 +6,11 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -20,55 +19,56 @@ from ._utils import quiet_loggers
 
 if TYPE_CHECKING:
     from ._config import HyperSTConfig
+    from ._data._dataset import ViewDataset
     from .nn import HyperSTModule, ImageEncoder
 
-__all__ = ["TrainArrays", "train"]
+__all__ = ["TrainerSettings", "train"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainArrays:
-    """Everything a training or validation split needs, as arrays (rows are spots)."""
+@dataclass(frozen=True)
+class TrainerSettings:
+    """How and where training runs, built once by :func:`hyperst.tl.fit` (the Lightning ``Trainer`` settings).
 
-    spot: np.ndarray  # (N, V, F) spot image features, V dihedral views
-    niche: np.ndarray  # (N, V, F)
-    spot_gene: np.ndarray  # (N, G) gene input of the spot
-    niche_gene: np.ndarray  # (N, G) gene input of the niche
-    target: np.ndarray  # (N, G)
+    Attributes
+    ----------
+    accelerator, devices, num_nodes, strategy
+        Passed to :class:`lightning.pytorch.Trainer`.
+    precision
+        Passed to the Trainer; ``None``: 16-bit mixed on a GPU, 32-bit on CPU.
+    checkpoint_dir
+        Folder of this run's checkpoints (``last.ckpt``, then ``done.*``), or ``None``.
+    resume
+        Continue from ``checkpoint_dir``.
+    """
 
-    def __len__(self) -> int:
-        return len(self.target)
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
 
+    @property
+    def device(self) -> str:
+        """Where work outside the Trainer (feature extraction, LoRA statistics) runs: ``"cuda"`` or ``"cpu"``."""
+        gpu = self.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        return "cuda" if gpu else "cpu"
 
-class _SpotDataset(Dataset):
-    """Rows of :class:`TrainArrays`; the dihedral view of each row is redrawn every epoch (training only)."""
+    @property
+    def resolved_precision(self) -> str:
+        """The precision the Trainer gets."""
+        if self.precision is not None:
+            return self.precision
+        return "16-mixed" if self.device == "cuda" else "32-true"
 
-    def __init__(self, arrays: TrainArrays, *, augment: bool, seed: int) -> None:
-        self.a = arrays
-        self.augment = augment
-        self.seed = seed
-        self.views = np.zeros(len(arrays), dtype=np.int64)
-        self.set_epoch(0)  # the loader may fetch the first batch before the epoch-start hook runs
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.augment and self.a.spot.shape[1] > 1:
-            rng = np.random.default_rng((self.seed, epoch))
-            self.views = rng.integers(0, self.a.spot.shape[1], len(self.a))
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
-        v = self.views[i]
-        a = self.a
-        return (
-            torch.from_numpy(a.spot[i, v]),
-            torch.from_numpy(a.niche[i, v]),
-            torch.from_numpy(a.spot_gene[i]),
-            torch.from_numpy(a.niche_gene[i]),
-            torch.from_numpy(a.target[i]),
-        )
+    def in_folder(self, name: str) -> TrainerSettings:
+        """Return these settings with checkpoints in ``checkpoint_dir.parent / name`` (one folder per run)."""
+        if self.checkpoint_dir is None:
+            return self
+        return replace(self, checkpoint_dir=self.checkpoint_dir.parent / name)
 
 
 class _LitHyperST(L.LightningModule):
@@ -122,7 +122,7 @@ class _LitHyperST(L.LightningModule):
         self.module.clamp_parameters_()
 
     def on_train_epoch_start(self) -> None:
-        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)
+        self.trainer.train_dataloader.dataset.set_epoch(self.current_epoch)  # a ViewDataset
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]  # the module's, then a LoRA encoder's
@@ -236,8 +236,7 @@ def _load_done(
     return meta["history"], int(meta["best_epoch"])
 
 
-def _loader(data: TrainArrays | Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
-    ds = _SpotDataset(data, augment=train, seed=cfg.random_state) if isinstance(data, TrainArrays) else data
+def _loader(ds: Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
     gen = torch.Generator().manual_seed(cfg.random_state)
     bs = min(cfg.batch_size, len(ds))
     return DataLoader(
@@ -252,35 +251,30 @@ def _loader(data: TrainArrays | Dataset, cfg: HyperSTConfig, *, train: bool) -> 
 
 def train(
     module: HyperSTModule,
-    train_arrays: TrainArrays | Dataset,
-    val_arrays: TrainArrays | Dataset | None,
+    train_data: ViewDataset,
+    val_data: ViewDataset | None,
     config: HyperSTConfig,
+    trainer_settings: TrainerSettings,
     *,
     encoder: ImageEncoder | None = None,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = "auto",
-    num_nodes: int = 1,
-    strategy: str = "auto",
-    precision: str | None = None,
     keep_last: bool = False,
-    checkpoint_dir: Path | None = None,
-    resume: bool = False,
 ) -> tuple[list[dict[str, float]], int]:
     """Train ``module`` in place and restore the weights of the best epoch (``keep_last``: of the last one).
 
-    Without ``encoder``, the data are :class:`TrainArrays` of precomputed features. With a LoRA-adapted
-    ``encoder``, they are datasets of ``(spot patches, niche patches, spot gene, niche gene, target)`` items
-    with a ``set_epoch(epoch)`` method, and the encoder's adapters are trained (and restored) too.
+    Without ``encoder``, the datasets hold precomputed features (:class:`~hyperst._data._dataset.FeatureDataset`).
+    With a LoRA-adapted ``encoder``, they hold patches (:class:`~hyperst._data._dataset.PatchDataset`), and the
+    encoder's adapters are trained (and restored) too.
 
-    With ``checkpoint_dir``, ``last.ckpt`` there is rewritten after every epoch and, once training ends, the
-    final weights and history are written as ``done.safetensors`` and ``done.json``. ``resume=True`` returns
-    a finished run from those, or continues an interrupted one from ``last.ckpt`` (loaded with
-    ``weights_only=True``: tensors and plain containers only).
+    With ``trainer_settings.checkpoint_dir``, ``last.ckpt`` there is rewritten after every epoch and, once
+    training ends, the final weights and history are written as ``done.safetensors`` and ``done.json``.
+    ``resume=True`` returns a finished run from those, or continues an interrupted one from ``last.ckpt``
+    (loaded with ``weights_only=True``: tensors and plain containers only).
 
     Returns
     -------
     The per-epoch history and the best epoch.
     """
+    checkpoint_dir, resume = trainer_settings.checkpoint_dir, trainer_settings.resume
     lit = _LitHyperST(module, config) if encoder is None else _LitFinetune(module, config, encoder)
     if resume and checkpoint_dir is not None and (checkpoint_dir / _DONE_JSON).is_file():
         return _load_done(lit, checkpoint_dir, module, encoder)
@@ -290,7 +284,7 @@ def train(
         logger.info("Resuming training from `%s`", ckpt_path)
     with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
         L.seed_everything(config.random_state, workers=True, verbose=False)
-        monitor = f"{'val' if val_arrays is not None else 'train'}_{config.monitor}"
+        monitor = f"{'val' if val_data is not None else 'train'}_{config.monitor}"
         recorder = _Recorder(monitor, keep_last=keep_last)
         callbacks: list[L.Callback] = [recorder]
         if not keep_last:  # a fixed budget of epochs (a refit) runs to its end
@@ -301,16 +295,14 @@ def train(
                     dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
                 )
             )
-        if precision is None:
-            precision = (
-                "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
-            )
+        if checkpoint_dir is not None:
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
         trainer = L.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            num_nodes=num_nodes,
-            strategy=strategy,
-            precision=precision,
+            accelerator=trainer_settings.accelerator,
+            devices=trainer_settings.devices,
+            num_nodes=trainer_settings.num_nodes,
+            strategy=trainer_settings.strategy,
+            precision=trainer_settings.resolved_precision,
             max_epochs=config.max_epochs,
             callbacks=callbacks,
             logger=False,
@@ -321,7 +313,7 @@ def train(
             deterministic="warn",
             log_every_n_steps=1,
         )
-        val_loader = _loader(val_arrays, config, train=False) if val_arrays is not None else None
+        val_loader = _loader(val_data, config, train=False) if val_data is not None else None
         # Lightning keeps modules in the mode it finds them: training mode here, except the batch-norm (and any
         # frozen) layers of an encoder, which `ImageEncoder.train` keeps in eval mode on purpose
         lit.train()
@@ -330,7 +322,7 @@ def train(
             if encoder is not None:
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             trainer.fit(
-                lit, _loader(train_arrays, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
+                lit, _loader(train_data, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
             )
     if recorder.best_epoch < 0 and recorder.history:  # early stopping ends a fit whose monitor is never finite
         stage = "validation" if monitor.startswith("val_") else "training"

@@ -1,17 +1,21 @@
-"""Small shared helpers: the progress-bar wrapper, quieting chatty dependencies."""
+"""Small shared helpers: the progress-bar wrapper, quieting chatty dependencies, fingerprints, random state."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ._settings import settings
 
-__all__ = ["progress", "quiet_loggers"]
+__all__ = ["file_sha256", "kept_random_state", "progress", "quiet_loggers", "state_fingerprint"]
 
 T = TypeVar("T")
+#: Environment variables through which ``lightning.seed_everything`` passes its seed on.
+_SEED_VARIABLES = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 
 
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
@@ -36,3 +40,51 @@ def quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
     finally:
         for lg, lvl in zip(loggers, old, strict=True):
             lg.setLevel(lvl)
+
+
+def state_fingerprint(state: Mapping[str, Any]) -> str:
+    """Short sha256 of a state dict of tensors (names and bytes, in name order): identifies weights."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def kept_random_state() -> Iterator[None]:
+    """Leave Python's, NumPy's and torch's global random generators (and Lightning's seed variables) as found.
+
+    Code inside may seed them (``lightning.seed_everything``, ``torch.manual_seed``) for its own reproducibility;
+    the caller's streams continue afterwards as if it had not run.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    py, nps, cpu = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    env = {k: os.environ.get(k) for k in _SEED_VARIABLES}
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(nps)
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,7 +1,9 @@
 """Checks on user input, with one wording per pattern.
 
 This is the only module that phrases "Expected `x` to be …, found …" and "Key … not found …" messages; the
-rest of the package calls these helpers.
+rest of the package calls these helpers: :func:`expected` (a wrong value), :func:`expected_type` (a wrong
+type, named), :func:`expected_shape` (a wrong shape), :func:`expected_to` (a requirement other than "to be")
+and :func:`expected_in` (wrong contents of a container).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from typing import Any
 
 __all__ = [
     "check_choice",
-    "check_in_range",
     "check_key",
     "check_positive",
     "expected",
+    "expected_in",
+    "expected_shape",
+    "expected_to",
+    "expected_type",
     "key_not_found",
     "pick_one",
     "raise_collected",
@@ -24,6 +29,29 @@ __all__ = [
 def expected(name: str, what: str, found: Any) -> str:
     """Phrase a wrong-value message: ``Expected `name` to be what, found `found`.``."""
     return f"Expected `{name}` to be {what}, found `{found!r}`."
+
+
+def expected_type(name: str, what: str, value: Any) -> str:
+    """Phrase a wrong-type message naming the type found: ``Expected `name` to be what, found `TypeName`.``."""
+    return f"Expected `{name}` to be {what}, found `{type(value).__name__}`."
+
+
+def expected_shape(name: str, shape: str, found: Sequence[int]) -> str:
+    """Phrase a wrong-shape message: ``Expected `name` to have shape shape, found (found).``."""
+    return f"Expected `{name}` to have shape {shape}, found {tuple(found)}."
+
+
+def expected_to(name: str, requirement: str, found: Any) -> str:
+    """Phrase a requirement other than "to be": ``Expected `name` to requirement, found found.``.
+
+    ``found`` is written as given (``str``), so the caller phrases it, e.g. ``"keys ['a']"`` or ``"`3`"``.
+    """
+    return f"Expected `{name}` to {requirement}, found {found}."
+
+
+def expected_in(what: str, where: str, found: str) -> str:
+    """Phrase wrong contents of a container: ``Expected what in where, found found.``."""
+    return f"Expected {what} in {where}, found {found}."
 
 
 def key_not_found(key: str, where: str, available: Iterable[str], fix: str | None = None) -> str:
@@ -46,13 +74,6 @@ def check_positive(value: float, name: str) -> float:
 
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ValueError(expected(name, "a positive finite number", value))
-    return value
-
-
-def check_in_range(value: float, name: str, low: float, high: float) -> float:
-    """Return ``value`` if ``low <= value <= high``, else raise :class:`ValueError`."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= value <= high):
-        raise ValueError(expected(name, f"a number in [{low}, {high}]", value))
     return value
 
 
@@ -89,7 +110,7 @@ def pick_one(
     """
     if key is not None:
         if key not in candidates:
-            msg = f"Expected `{name}` to name {what}, found `{key!r}`. Candidates in `{where}`: {sorted(candidates)}."
+            msg = f"{expected_to(name, f'name {what}', f'`{key!r}`')} Candidates in `{where}`: {sorted(candidates)}."
             raise KeyError(msg)
         return key
     if len(candidates) == 1:

@@ -1,6 +1,6 @@
 """Turn SpatialData slides into arrays: element resolution, spot geometry, patches (never imports ``nn``)."""
 
-from ._elements import SlideElements, as_spatialdata, resolve_elements
+from ._elements import SlideElements, as_spatialdata, input_tables, resolve_elements
 from ._layout import GridInfo, SlideLayout, detect_grid, slide_layout
 from ._patches import PatchGeometry, PatchReader, dihedral
 
@@ -13,6 +13,7 @@ __all__ = [
     "as_spatialdata",
     "detect_grid",
     "dihedral",
+    "input_tables",
     "resolve_elements",
     "slide_layout",
 ]

@@ -1,9 +1,9 @@
 """Find the table, spot shapes and H&E image of a slide inside a SpatialData object.
 
-Inference rules (DESIGN.md §2): a key the user passes is checked; a key left ``None`` is inferred when only one
-element fits, otherwise the error lists the candidates. Images of the same slide at several resolutions
-(spatialdata-io's Visium reader writes ``*_full_image``, ``*_hires_image`` and ``*_lowres_image``) are not
-ambiguous: the finest one aligned with the spots is used.
+Inference rules (``docs/data.md``, "Elements"): a key the user passes is checked; a key left ``None`` is
+inferred when only one element fits, otherwise the error lists the candidates. Images of the same slide at
+several resolutions (spatialdata-io's Visium reader writes ``*_full_image``, ``*_hires_image`` and
+``*_lowres_image``) are not ambiguous: the finest one aligned with the spots is used.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._validation import pick_one
+from .._constants import OUTPUT_TABLE_FLAG
+from .._validation import expected_type, pick_one
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -27,14 +28,12 @@ __all__ = [
     "SlideElements",
     "as_spatialdata",
     "image_levels",
+    "input_tables",
     "resolve_elements",
     "shapes_to_image_affine",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Tables written by hyperst itself carry this flag in ``uns`` and are never taken as input.
-OUTPUT_TABLE_FLAG = "hyperst_output_table"
 
 #: Fix-it sentences for missing elements (shared by every function that resolves them).
 ADD_TABLE = (
@@ -74,16 +73,16 @@ def as_spatialdata(data: SpatialData | AnnData) -> SpatialData:
     if isinstance(data, AnnData):
         if "spatial" not in data.uns or "spatial" not in data.obsm:
             msg = (
-                "Expected an AnnData with legacy Visium layout (`uns['spatial']` and `obsm['spatial']`) or a "
-                f"SpatialData object; the AnnData has uns keys {sorted(data.uns)} and obsm keys "
-                f"{sorted(data.obsm)}. Read the slide with `spatialdata_io.visium(...)` instead."
+                "An AnnData is read only in the legacy Visium layout (`uns['spatial']` and `obsm['spatial']`), "
+                f"which this one lacks: it has uns keys {sorted(data.uns)} and obsm keys {sorted(data.obsm)}. "
+                "Pass a SpatialData object, e.g. read with `spatialdata_io.visium(...)`."
             )
             raise ValueError(msg)
         from spatialdata_io.experimental import from_legacy_anndata
 
         return from_legacy_anndata(data)
     msg = (
-        f"Expected `sdata` to be a SpatialData or AnnData object, found `{type(data).__name__}`. Read the slide "
+        f"{expected_type('sdata', 'a SpatialData or AnnData object', data)} Read the slide "
         "with `spatialdata.read_zarr(path)` or a `spatialdata_io` reader such as `spatialdata_io.visium(...)`."
     )
     raise TypeError(msg)
@@ -130,7 +129,8 @@ def _circle_shapes(sdata: SpatialData) -> list[str]:
     return [k for k, gdf in sdata.shapes.items() if "radius" in gdf.columns]
 
 
-def _input_tables(sdata: SpatialData) -> list[str]:
+def input_tables(sdata: SpatialData) -> list[str]:
+    """Return the keys of the tables that may be input: all but those hyperst wrote (predictions)."""
     return [k for k, t in sdata.tables.items() if not t.uns.get(OUTPUT_TABLE_FLAG, False)]
 
 
@@ -160,7 +160,7 @@ def resolve_elements(
     """
     from spatialdata.models import get_table_keys
 
-    tables = _input_tables(sdata)
+    tables = input_tables(sdata)
     table_key = pick_one(table_key, tables, "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
     table = sdata.tables[table_key]
     try:

@@ -1,10 +1,11 @@
 """Gene-side inputs: HMHVG gene selection and log2 targets for spots and niches.
 
-HMHVG ("high-mean, highly variable genes", HYPERST.md §2.4): the union of each slide's top highly variable
-genes (scanpy, Seurat flavour, on normalised log counts), without mitochondrial and ribosomal genes, ranked on
-the raw counts of all training spots by mean and by standard deviation. A gene enters the intersection of the
-top-N-by-mean and top-N-by-std sets at ``N = max(rank_mean, rank_std) + 1``; taking the ``n_genes`` genes that
-enter first gives exactly ``n_genes`` genes (the authors tune N by hand until the intersection has 200).
+HMHVG ("high-mean, highly variable genes", as in the authors' ``dataset_preprocess.py``): the union of each
+slide's top highly variable genes (scanpy, Seurat flavour, on normalised log counts), without mitochondrial and
+ribosomal genes, ranked on the raw counts of all training spots by mean and by standard deviation. A gene enters
+the intersection of the top-N-by-mean and top-N-by-std sets at ``N = max(rank_mean, rank_std) + 1``; taking the
+``n_genes`` genes that enter first gives exactly ``n_genes`` genes (the authors tune N by hand until the
+intersection has 200).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import expected, key_not_found
+from .._validation import expected, expected_in, key_not_found
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -48,27 +49,26 @@ def counts_matrix(adata: AnnData, layer: str | None = None, *, name: str = "tabl
         raise KeyError(msg)
     x = adata.X if layer is None else adata.layers[layer]
     if x is None:
-        msg = f"Expected raw counts in `{name}.X`, found none (`X` is None). Pass `layer=` naming the raw counts."
+        msg = f"{expected_in('raw counts', f'`{name}.X`', 'none (`X` is None)')} Pass `layer=` naming the raw counts."
         raise ValueError(msg)
     x = sp.csr_matrix(x, dtype=np.float32)
     vals = x.data
     where = f"`{name}.{'X' if layer is None else f'layers[{layer!r}]'}`"
     if vals.size and not np.isfinite(vals).all():
-        msg = (
-            f"Expected raw counts in {where}, found NaN or infinite values. Fill them (e.g. with 0) or drop those "
-            "spots first."
-        )
+        problem = expected_in("raw counts", where, "NaN or infinite values")
+        msg = f"{problem} Fill them (e.g. with 0) or drop those spots first."
         raise ValueError(msg)
     if vals.size and vals.min() < 0:
+        found = f"negative values (min {vals.min():g})"
         msg = (
-            f"Expected raw counts in {where}, found negative values (min {vals.min():g}): the matrix looks "
-            "centred or scaled. Pass the raw counts (e.g. `layer='counts'`)."
+            f"{expected_in('raw counts', where, found)} The matrix looks centred or scaled. Pass the raw counts "
+            "(e.g. `layer='counts'`)."
         )
         raise ValueError(msg)
     if vals.size and not np.allclose(vals, np.round(vals)):
         msg = (
-            f"Expected raw (integer) counts in {where}, found non-integer values: the matrix looks normalised "
-            "or log-transformed. Pass the raw counts (e.g. `layer='counts'`)."
+            f"{expected_in('raw (integer) counts', where, 'non-integer values')} The matrix looks normalised or "
+            "log-transformed. Pass the raw counts (e.g. `layer='counts'`)."
         )
         raise ValueError(msg)
     return x
@@ -152,7 +152,7 @@ def log2_targets(counts: sp.spmatrix | np.ndarray) -> np.ndarray:
 
 
 def niche_mean(counts: sp.spmatrix | np.ndarray, connectivities: sp.spmatrix) -> np.ndarray:
-    """Mean raw counts over each spot and its niche neighbours (HYPERST.md §1.4), dense float32."""
+    """Mean raw counts over each spot and its niche neighbours (the niche gene input of HyperST), dense float32."""
     adj = sp.csr_matrix(connectivities, dtype=np.float32)
     adj = (adj + sp.eye(adj.shape[0], dtype=np.float32, format="csr")).tocsr()
     adj.data[:] = 1.0

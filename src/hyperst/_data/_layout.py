@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM
-from .._validation import check_positive
+from .._validation import check_positive, expected_in
 from ._elements import SlideElements, image_levels, resolve_elements
 
 if TYPE_CHECKING:
@@ -209,9 +209,10 @@ def _check_axis_aligned(affine: np.ndarray, el: SlideElements) -> tuple[float, f
 
 def _check_diameter(diameter_px: float, el: SlideElements) -> None:
     if not np.isfinite(diameter_px) or diameter_px <= 0:
+        where = f"`sdata.shapes[{el.shapes_key!r}]['radius']`"
+        found = f"a median diameter of `{diameter_px:g}` px in image `{el.image_key!r}`"
         msg = (
-            f"Expected positive spot radii in `sdata.shapes[{el.shapes_key!r}]['radius']`, found a median diameter "
-            f"of `{diameter_px:g}` px in image `{el.image_key!r}`. Set each circle's radius in the shapes' "
+            f"{expected_in('positive spot radii', where, found)} Set each circle's radius in the shapes' "
             "coordinate units (Visium: 27.5 µm in pixels of the full-resolution image)."
         )
         raise ValueError(msg)

@@ -19,7 +19,7 @@ import numpy as np
 from .._constants import PATCH_SIZE_PX, SPOT_PATCH_UM
 from .._settings import settings
 from .._utils import progress
-from .._validation import check_choice, check_positive, expected
+from .._validation import check_choice, check_positive, expected, expected_to
 from ._elements import image_levels
 
 if TYPE_CHECKING:
@@ -139,16 +139,12 @@ class PatchReader:
                 )
             elif n == 1:
                 fix += ", or stack the grey channel three times (`np.repeat(grey, 3, axis=0)`) if it is a grey H&E scan"
-            msg = (
-                f"Expected image `{image_key!r}` to be RGB with 3 channels along `c`, found dims "
-                f"{dict(base.sizes)}. {fix}."
-            )
+            problem = expected_to(f"images[{image_key!r}]", "be RGB with 3 channels along `c`", dict(base.sizes))
+            msg = f"{problem} {fix}."
             raise ValueError(msg)
         if base.dtype != np.uint8:
-            msg = (
-                f"Expected image `{image_key!r}` to hold uint8 RGB values (0-255), found dtype `{base.dtype}`. "
-                "Convert it, e.g. `(img * 255).clip(0, 255).astype('uint8')` for floats in [0, 1]."
-            )
+            problem = expected_to(f"images[{image_key!r}]", "hold uint8 RGB values (0-255)", f"dtype `{base.dtype}`")
+            msg = f"{problem} Convert it, e.g. `(img * 255).clip(0, 255).astype('uint8')` for floats in [0, 1]."
             raise ValueError(msg)
         self.downsample = [base.sizes["x"] / lvl.sizes["x"] for lvl in self.levels]
         self.sides = self.geometry.sides_px(layout)
@@ -249,9 +245,7 @@ class PatchReader:
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(expected("batch_size", "a positive integer", batch_size))
-        ahead = settings.read_ahead
-        if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 0:
-            raise ValueError(expected("hyperst.settings.read_ahead", "an integer >= 0", ahead))
+        ahead = settings.read_ahead  # an integer >= 0, checked when set
         n = len(self)
         batches = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
         bar = progress(batches, total=len(batches), desc=desc, unit="batch")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import SPOT_DIAMETER_UM
-from .._validation import check_positive, expected, key_not_found, raise_collected
+from .._validation import check_positive, expected, expected_in, key_not_found, raise_collected
 from ._images import image_element
 
 if TYPE_CHECKING:
@@ -127,8 +127,7 @@ def hest(
     """
     root = Path(path).expanduser()
     if not (root / "st").is_dir():
-        msg = f"Expected `path` to be a HEST-1k folder holding `st/`, found `{str(root)!r}` without it. "
-        msg += _DOWNLOAD_HINT
+        msg = f"{expected('path', 'a HEST-1k folder holding `st/`', str(root))} It has no `st/`. {_DOWNLOAD_HINT}"
         raise ValueError(msg)
     available = sorted(p.stem for p in (root / "st").glob("*.h5ad"))
     single = isinstance(ids, str)
@@ -246,8 +245,8 @@ def _coordinates(adata: AnnData, name: str) -> np.ndarray:
         )
         raise ValueError(msg)
     if xy.ndim != 2 or xy.shape[1] < 2 or not np.isfinite(xy[:, :2]).all():
-        msg = f"Expected `obsm['spatial']` of `st/{name}.h5ad` to hold finite (x, y) pixels, found shape {xy.shape}."
-        raise ValueError(msg)
+        where = f"`obsm['spatial']` of `st/{name}.h5ad`"
+        raise ValueError(expected_in("finite (x, y) pixels", where, f"shape {xy.shape}"))
     return xy[:, :2]
 
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._validation import expected_to
+
 __all__ = ["TIFF_SUFFIXES", "image_element", "lazy_image", "n_halvings"]
 
 #: File suffixes read with tifffile (chunked); anything else goes through PIL (one decode).
@@ -149,9 +151,10 @@ def lazy_image(path: str | Path, *, name: str) -> Any:
         lazy = LazyTiff(path)
         axes, shape = lazy.axes, lazy.shape
         if lazy.dtype != np.uint8 or axes not in ("YXS", "SYX") or shape[axes.index("S")] not in (3, 4):
+            found = f"axes {axes!r}, shape {shape} and dtype {lazy.dtype}"
             msg = (
-                f"Expected `{path.name}` to be an 8-bit RGB image, found axes {axes!r}, shape {shape} and dtype "
-                f"{lazy.dtype}. hyperst reads H&E images; convert the slide to 8-bit RGB first."
+                f"{expected_to(path.name, 'be an 8-bit RGB image', found)} hyperst reads H&E images; convert the "
+                "slide to 8-bit RGB first."
             )
             raise ValueError(msg)
         ty, tx = lazy.native

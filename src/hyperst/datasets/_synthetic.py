@@ -14,7 +14,8 @@ from spatialdata.models import Image2DModel, ShapesModel, TableModel
 from spatialdata.transformations import Identity, Scale
 from xarray import DataArray
 
-from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM
+from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM, SYNTHETIC_ATTRS
+from .._validation import expected
 from ._synthetic_counts import ROLES, GenePrograms, gene_programs, niche_composition, sample_counts
 from ._synthetic_image import downscale, render
 from ._synthetic_tissue import DOMAINS, PARENT, SUBDOMAINS, make_layout
@@ -31,8 +32,7 @@ _MPP_RANGE = (0.2, 10.0)
 
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        msg = f"Expected `{name}` to be an integer >= {minimum}, found `{value!r}`."
-        raise ValueError(msg)
+        raise ValueError(expected(name, f"an integer >= {minimum}", value))
     return int(value)
 
 
@@ -100,16 +100,14 @@ def synthetic(
     n_genes = _check_int("n_genes", n_genes, 10)
     seed = _check_int("seed", seed, 0)
     if technology not in SPOT_DIAMETER_UM:
-        msg = f"Expected `technology` to be one of {sorted(SPOT_DIAMETER_UM)}, found `{technology!r}`."
-        raise ValueError(msg)
+        raise ValueError(expected("technology", f"one of {sorted(SPOT_DIAMETER_UM)}", technology))
     low, high = _MPP_RANGE
     if (
         isinstance(microns_per_pixel, bool)
         or not isinstance(microns_per_pixel, Real)
         or not low <= microns_per_pixel <= high
     ):
-        msg = f"Expected `microns_per_pixel` to be a number in [{low}, {high}], found `{microns_per_pixel!r}`."
-        raise ValueError(msg)
+        raise ValueError(expected("microns_per_pixel", f"a number in [{low}, {high}]", microns_per_pixel))
 
     programs_seed, *slide_seeds = np.random.SeedSequence(seed).spawn(n_slides + 1)
     programs = gene_programs(np.random.default_rng(programs_seed), n_genes)
@@ -263,7 +261,7 @@ def _slide(
         ),
     }
     sdata = SpatialData(images=images, shapes={dataset_id: circles}, tables={"table": table})
-    sdata.attrs["hyperst_synthetic"] = {
+    sdata.attrs[SYNTHETIC_ATTRS] = {
         "technology": technology,
         "microns_per_pixel": microns_per_pixel,
         "spot_diameter_fullres": 2.0 * radius_px,

@@ -14,16 +14,22 @@ textbook formula cancels in float32 (``acosh`` of ``x_t y_t - x . y`` near 1), a
 is used, and each clamp has a named ``eps`` and a one-line reason. geoopt 0.5.1 has maps and distances for
 full coordinates, but its ``expmap0`` overflows in float32 and it has no batched pairwise distance, cone
 aperture or exterior angle; the tests check these functions against geoopt in float64.
+:func:`euclidean_half_aperture` and :func:`euclidean_oxy_angle` (both at once: :func:`euclidean_cone`) are the
+flat cones of the Euclidean ablation.
 """
 
 from ._cones import half_aperture, oxy_angle
 from ._convert import from_lorentz_full, geoopt_manifold, hyperboloid_residual, to_lorentz_full, to_poincare
 from ._core import EPS, dist, dist0, exp_map0, inner, log_map0, pairwise_dist, pairwise_inner, time_component
+from ._euclidean import euclidean_cone, euclidean_half_aperture, euclidean_oxy_angle
 
 __all__ = [
     "EPS",
     "dist",
     "dist0",
+    "euclidean_cone",
+    "euclidean_half_aperture",
+    "euclidean_oxy_angle",
     "exp_map0",
     "from_lorentz_full",
     "geoopt_manifold",

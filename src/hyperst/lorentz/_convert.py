@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .._validation import expected_to
 from ._core import _as_curv, time_component
 
 if TYPE_CHECKING:
@@ -66,8 +67,8 @@ def from_lorentz_full(x_full: Tensor) -> Tensor:
         If the last dimension has fewer than 2 entries.
     """
     if x_full.ndim == 0 or x_full.shape[-1] < 2:
-        msg = f"Expected `x_full` to have a last dimension of at least 2, found shape {tuple(x_full.shape)}."
-        raise ValueError(msg)
+        found = f"shape {tuple(x_full.shape)}"
+        raise ValueError(expected_to("x_full", "have a last dimension of at least 2", found))
     return x_full[..., 1:]
 
 

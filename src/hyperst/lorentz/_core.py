@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._validation import expected, expected_to
+
 #: Default floor for divisors and trigonometric-clamp margins (the value used by MERU and HyperST).
 EPS = 1e-8
 #: Floor on a norm used as a divisor: far below the 1e-12 norms we support, yet ``1 / _MIN_NORM**2`` is
@@ -25,8 +27,7 @@ def _as_curv(curv: float | Tensor, like: Tensor) -> Tensor:
     if isinstance(curv, Tensor):
         return curv.to(dtype=like.dtype, device=like.device)
     if not (math.isfinite(curv) and curv > 0):
-        msg = f"Expected `curv` to be positive and finite, found `{curv}`."
-        raise ValueError(msg)
+        raise ValueError(expected("curv", "positive and finite", curv))
     return torch.tensor(curv, dtype=like.dtype, device=like.device)
 
 
@@ -36,8 +37,7 @@ def _norm(x: Tensor, *, keepdim: bool = False) -> Tensor:
 
 def _check_same_dim(x: Tensor, y: Tensor) -> None:
     if x.shape[-1] != y.shape[-1]:
-        msg = f"Expected `y` to have the last dimension of `x` ({x.shape[-1]}), found {y.shape[-1]}."
-        raise ValueError(msg)
+        raise ValueError(expected_to("y", f"have the last dimension of `x` ({x.shape[-1]})", y.shape[-1]))
 
 
 def time_component(x: Tensor, curv: float | Tensor, *, keepdim: bool = False) -> Tensor:

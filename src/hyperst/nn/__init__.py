@@ -10,7 +10,7 @@ from ._config import ModuleConfig
 from ._distributed import gather_with_grad
 from ._encoders import ENCODERS, EncoderSpec, ImageEncoder, build_encoder
 from ._hyperbolic import LorentzLift
-from ._lora import apply_lora
+from ._lora import apply_lora, count_blocks
 from ._loss import (
     CONTRAST_PAIRS,
     ENTAIL_PAIRS,
@@ -38,6 +38,7 @@ __all__ = [
     "build_encoder",
     "cone_loss",
     "contrastive_loss",
+    "count_blocks",
     "entailment_loss",
     "gather_with_grad",
     "pair_logits",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._validation import expected
+
 __all__ = ["ResMLP"]
 
 
@@ -74,14 +76,11 @@ class ResMLP(nn.Module):
         super().__init__()
         for name, value in (("in_dim", in_dim), ("hidden", hidden), ("mlp_ratio", mlp_ratio)):
             if not value > 0:
-                msg = f"Expected `{name}` to be positive, found `{value}`."
-                raise ValueError(msg)
+                raise ValueError(expected(name, "positive", value))
         if not 0 <= dropout < 1:
-            msg = f"Expected `dropout` to be in [0, 1), found `{dropout}`."
-            raise ValueError(msg)
+            raise ValueError(expected("dropout", "in [0, 1)", dropout))
         if depth < 0:
-            msg = f"Expected `depth` to be non-negative, found `{depth}`."
-            raise ValueError(msg)
+            raise ValueError(expected("depth", "non-negative", depth))
         inner_dim = max(1, round(mlp_ratio * hidden))
         self.input_norm = nn.LayerNorm(in_dim)
         self.input_proj = nn.Linear(in_dim, hidden)

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .._validation import expected
 from ._loss import CONTRAST_PAIRS, ENTAIL_PAIRS
 
 __all__ = ["ModuleConfig"]
@@ -143,10 +144,9 @@ class ModuleConfig:
                 "at most `max_logit_scale`",
             ),
         ]
-        problems = [f"`{name}` to be {what}, found `{getattr(self, name)!r}`" for ok, name, what in checks if not ok]
+        problems = [expected(name, what, getattr(self, name)) for ok, name, what in checks if not ok]
         if problems:
-            msg = f"Expected {'; '.join(problems)}."
-            raise ValueError(msg)
+            raise ValueError(" ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a JSON-friendly dict (tuples become lists)."""

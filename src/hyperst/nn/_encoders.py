@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._validation import expected, expected_to, expected_type
+
 __all__ = ["ENCODERS", "EncoderSpec", "ImageEncoder", "build_encoder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,11 +75,6 @@ class EncoderSpec:
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a dict of JSON types."""
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EncoderSpec:
-        """Rebuild a spec from :meth:`to_dict`'s output."""
-        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
 class ImageEncoder(nn.Module):
@@ -148,14 +145,14 @@ class ImageEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Encode ``(B, 3, H, W)`` uint8 patches (or floats in ``[0, 1]``) into ``(B, F)`` features."""
         if x.ndim != 4 or x.shape[1] != 3:
-            msg = f"Expected `x` to be a (B, 3, H, W) tensor, found shape `{tuple(x.shape)}`."
+            msg = expected_to("x", "be a (B, 3, H, W) tensor", f"shape `{tuple(x.shape)}`")
             raise ValueError(msg)
         if x.dtype == torch.uint8:
             x = x.to(self.mean.dtype) / 255.0
         elif x.is_floating_point():
             x = x.to(self.mean.dtype)
         else:
-            msg = f"Expected `x` to be uint8 or floating point, found `{x.dtype}`."
+            msg = expected_to("x", "be uint8 or floating point", f"`{x.dtype}`")
             raise TypeError(msg)
         return _check_features(self.backbone((x - self.mean) / self.std))
 
@@ -193,7 +190,7 @@ class ImageEncoder(nn.Module):
 def _check_features(out: Any) -> Tensor:
     if not isinstance(out, Tensor) or out.ndim != 2:
         found = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        msg = f"Expected the backbone to return a (B, F) tensor, found `{found}`. Pool and flatten its output."
+        msg = f"{expected_to('backbone', 'return a (B, F) tensor', f'`{found}`')} Pool and flatten its output."
         raise ValueError(msg)
     return out
 
@@ -208,7 +205,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a ``.pt``/``.pth``/``.bin`` (``torch.load(weights_only=True)``) or ``.safetensors`` state dict."""
     path = Path(path)
     if not path.is_file():
-        msg = f"Expected `weights` to be an existing checkpoint file, found `{os.fspath(path)!r}`."
+        msg = expected("weights", "an existing checkpoint file", os.fspath(path))
         raise FileNotFoundError(msg)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -220,7 +217,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        msg = f"Expected `weights` to hold a state dict of tensors, found `{type(state).__name__}` in `{path}`."
+        msg = expected_to("weights", "hold a state dict of tensors", f"`{type(state).__name__}` in `{path}`")
         raise ValueError(msg)
     return dict(state)
 
@@ -262,7 +259,7 @@ def _torchvision(name: str, weights: str | os.PathLike | None) -> ImageEncoder:
         member = str(weights).rsplit(".", 1)[-1]
         if member not in enum.__members__:
             choices = [*enum.__members__, "None", "a checkpoint path"]
-            msg = f"Expected `weights` of `{name}` to be one of {choices}, found `{weights!r}`."
+            msg = expected(f"weights` of `{name}", f"one of {choices}", weights)
             raise ValueError(msg)
         chosen = enum[member]
         kwargs = chosen.transforms.keywords  # crop_size, and mean/std where they are not ImageNet's
@@ -342,14 +339,14 @@ def build_encoder(encoder: str | nn.Module, *, weights: str | os.PathLike | None
         If a checkpoint path does not exist.
     """
     if weights is not None and not isinstance(weights, str | os.PathLike):
-        msg = f"Expected `weights` to be a string, a path or None, found `{type(weights).__name__}`."
+        msg = expected_type("weights", "a string, a path or None", weights)
         raise TypeError(msg)
     if isinstance(encoder, ImageEncoder):
         return encoder
     if isinstance(encoder, nn.Module):
         if weights is not None and weights != "DEFAULT":
             if not _is_path(weights):
-                msg = f"Expected `weights` of a module to be a checkpoint path, 'DEFAULT' or None, found `{weights!r}`."
+                msg = expected("weights", "a checkpoint path, 'DEFAULT' or None for a module", weights)
                 raise ValueError(msg)
             _load_into(encoder, weights, name=type(encoder).__name__)
             return ImageEncoder(encoder, weights=os.fspath(weights))
@@ -358,5 +355,5 @@ def build_encoder(encoder: str | nn.Module, *, weights: str | os.PathLike | None
         return _torchvision(encoder, weights)
     if isinstance(encoder, str) and encoder.startswith(("timm:", "hf-hub:")) and encoder.split(":", 1)[1]:
         return _timm(encoder, weights)
-    msg = f"Expected `encoder` to be one of {list(ENCODERS)} or an nn.Module, found `{encoder!r}`."
+    msg = expected("encoder", f"one of {['squidpy', *ENCODERS]} or an nn.Module", encoder)
     raise ValueError(msg)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import lorentz
+from .._validation import expected
 
 __all__ = ["LorentzLift"]
 
@@ -66,22 +67,17 @@ class LorentzLift(nn.Module):
     ) -> None:
         super().__init__()
         if not dim > 0:
-            msg = f"Expected `dim` to be positive, found `{dim}`."
-            raise ValueError(msg)
+            raise ValueError(expected("dim", "positive", dim))
         if not modalities or len(set(modalities)) != len(modalities):
-            msg = f"Expected `modalities` to be distinct names, found `{tuple(modalities)}`."
-            raise ValueError(msg)
+            raise ValueError(expected("modalities", "distinct names", tuple(modalities)))
         low, high = curv_bounds
         if not 0 < low <= high:
-            msg = f"Expected `curv_bounds` to satisfy 0 < low <= high, found `{curv_bounds}`."
-            raise ValueError(msg)
+            raise ValueError(expected("curv_bounds", "a pair with 0 < low <= high", curv_bounds))
         if not low <= curv_init <= high:
-            msg = f"Expected `curv_init` to lie in `curv_bounds` {curv_bounds}, found `{curv_init}`."
-            raise ValueError(msg)
+            raise ValueError(expected("curv_init", f"within `curv_bounds` {curv_bounds}", curv_init))
         alpha_init = dim**-0.5 if alpha_init is None else alpha_init
         if not 0 < alpha_init <= 1:
-            msg = f"Expected `alpha_init` to be in (0, 1], found `{alpha_init}`."
-            raise ValueError(msg)
+            raise ValueError(expected("alpha_init", "in (0, 1]", alpha_init))
         self.log_curv_bounds = (math.log(low), math.log(high))
         self.log_curv = nn.Parameter(torch.tensor(math.log(curv_init)), requires_grad=learn_curv)
         self.log_alpha = nn.ParameterDict(

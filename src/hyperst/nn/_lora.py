@@ -19,9 +19,10 @@ from typing import Any
 
 from torch import nn
 
+from .._validation import expected, expected_to, expected_type
 from ._encoders import ImageEncoder
 
-__all__ = ["apply_lora", "lora_targets"]
+__all__ = ["apply_lora", "count_blocks", "lora_targets"]
 
 
 def _blocks(backbone: nn.Module) -> tuple[list[tuple[str, nn.Module]], type[nn.Module], tuple[str, ...] | None]:
@@ -47,11 +48,20 @@ def _blocks(backbone: nn.Module) -> tuple[list[tuple[str, nn.Module]], type[nn.M
             for n, m in stage.named_children()
         ]
         return blocks, nn.Conv2d, None
-    msg = (
-        "Expected `encoder` to wrap a timm vision transformer or a torchvision ViT, ResNet or DenseNet, "
-        f"found `{type(backbone).__name__}`."
-    )
+    what = "wrap a timm vision transformer or a torchvision ViT, ResNet or DenseNet"
+    msg = expected_to("encoder", what, f"`{type(backbone).__name__}`")
     raise TypeError(msg)
+
+
+def count_blocks(encoder: ImageEncoder) -> int:
+    """Count the blocks of ``encoder``'s backbone that LoRA can adapt (the most ``last_n_blocks`` may be).
+
+    Raises
+    ------
+    TypeError
+        If the backbone is not an architecture LoRA knows.
+    """
+    return len(_blocks(encoder.backbone)[0])
 
 
 def lora_targets(encoder: ImageEncoder, *, last_n_blocks: int = 11) -> list[str]:
@@ -77,7 +87,7 @@ def lora_targets(encoder: ImageEncoder, *, last_n_blocks: int = 11) -> list[str]
     """
     blocks, layer_type, names = _blocks(encoder.backbone)
     if isinstance(last_n_blocks, bool) or not isinstance(last_n_blocks, int) or not 0 <= last_n_blocks <= len(blocks):
-        msg = f"Expected `last_n_blocks` to be an integer in [0, {len(blocks)}], found `{last_n_blocks!r}`."
+        msg = expected("last_n_blocks", f"an integer in [0, {len(blocks)}]", last_n_blocks)
         raise ValueError(msg)
     targets = []
     for prefix, block in blocks[len(blocks) - last_n_blocks :]:
@@ -121,17 +131,17 @@ def apply_lora(
         If peft is not installed.
     """
     if not isinstance(encoder, ImageEncoder):
-        msg = f"Expected `encoder` to be an ImageEncoder, found `{type(encoder).__name__}`."
+        msg = expected_type("encoder", "an ImageEncoder", encoder)
         raise TypeError(msg)
     if encoder.lora_config is not None:
-        msg = f"Expected `encoder` to have no LoRA adapters yet, found `{encoder.lora_config}`."
+        msg = expected_to("encoder", "have no LoRA adapters yet", f"`{encoder.lora_config}`")
         raise ValueError(msg)
     for key, value in (("r", r), ("alpha", alpha)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            msg = f"Expected `{key}` to be a positive integer, found `{value!r}`."
+            msg = expected(key, "a positive integer", value)
             raise ValueError(msg)
     if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-        msg = f"Expected `dropout` to be in [0, 1), found `{dropout!r}`."
+        msg = expected_to("dropout", "be in [0, 1)", f"`{dropout!r}`")
         raise ValueError(msg)
     targets = lora_targets(encoder, last_n_blocks=last_n_blocks)
     if not targets:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import lorentz
+from .._validation import expected, expected_to
 from ._distributed import gather_with_offset
 
 __all__ = [
@@ -55,10 +56,6 @@ class LossOutput:
     total: Tensor
     terms: Mapping[str, Tensor] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Tensor]:
-        """Return ``{"total": total, **terms}``, e.g. for logging."""
-        return {"total": self.total, **self.terms}
-
 
 def _at_least_float32(x: Tensor) -> Tensor:
     # the losses run in float32 even under autocast (half-precision inputs are upcast); float64 stays
@@ -67,18 +64,15 @@ def _at_least_float32(x: Tensor) -> Tensor:
 
 def _check_geometry(geometry: str, curv: float | Tensor | None) -> None:
     if geometry not in ("lorentz", "euclidean"):
-        msg = f"Expected `geometry` to be 'lorentz' or 'euclidean', found `{geometry!r}`."
-        raise ValueError(msg)
+        raise ValueError(expected("geometry", "'lorentz' or 'euclidean'", geometry))
     if geometry == "lorentz" and curv is None:
-        msg = "Expected `curv` to be a positive number or tensor for `geometry='lorentz'`, found `None`."
-        raise ValueError(msg)
+        raise ValueError(expected("curv", "a positive number or tensor for `geometry='lorentz'`", curv))
 
 
 def _check_pairs(pairs: Sequence[str], allowed: tuple[str, ...], name: str) -> None:
     unknown = [p for p in pairs if p not in allowed]
     if unknown or not pairs or len(set(pairs)) != len(pairs):
-        msg = f"Expected `{name}` to be distinct names from {list(allowed)}, at least one, found `{list(pairs)}`."
-        raise ValueError(msg)
+        raise ValueError(expected(name, f"distinct names from {list(allowed)}, at least one", list(pairs)))
 
 
 def _streams(pairs: Sequence[str], embeddings: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -86,8 +80,8 @@ def _streams(pairs: Sequence[str], embeddings: Mapping[str, Tensor]) -> dict[str
     needed = {s for pair in pairs for s in pair.split("_")}
     missing = sorted(_STREAM_KEYS[s] for s in needed if embeddings.get(_STREAM_KEYS[s]) is None)
     if missing:
-        msg = f"Expected `embeddings` to hold {missing} (used by the selected pairs), found keys {sorted(embeddings)}."
-        raise ValueError(msg)
+        found = f"keys {sorted(embeddings)}"
+        raise ValueError(expected_to("embeddings", f"hold {missing} (used by the selected pairs)", found))
     return {s: _at_least_float32(embeddings[_STREAM_KEYS[s]]) for s in needed}
 
 
@@ -183,21 +177,6 @@ def contrastive_loss(
     return LossOutput(torch.stack(list(terms.values())).mean(), terms)
 
 
-def _euclidean_cone(parent: Tensor, child: Tensor, min_radius: float) -> tuple[Tensor, Tensor]:
-    """Return the Euclidean cone's half-aperture ``asin(2K / |p|)`` and the exterior angle at ``p``."""
-    p_norm = torch.linalg.vector_norm(parent, dim=-1)
-    margin = torch.finfo(parent.dtype).eps  # keeps asin' finite at the clamp
-    aperture = torch.asin((2 * min_radius / (p_norm + lorentz.EPS)).clamp(max=1 - margin))
-    p_dir = parent / p_norm.unsqueeze(-1).clamp_min(lorentz.EPS)
-    delta = child - parent
-    along = torch.sum(delta * p_dir, dim=-1)
-    across = torch.linalg.vector_norm(delta - along.unsqueeze(-1) * p_dir, dim=-1)
-    # angle between the outward ray at p and p -> child; atan2 is exact near 0 and pi (pi/2 if child == p)
-    undefined = (across == 0) & (along == 0)
-    angle = torch.atan2(torch.where(undefined, 1.0, across), torch.where(undefined, 0.0, along))
-    return aperture, angle
-
-
 def cone_loss(
     parent: Tensor,
     child: Tensor,
@@ -224,7 +203,8 @@ def cone_loss(
     curv
         Curvature magnitude; required for ``geometry="lorentz"``.
     geometry
-        ``"lorentz"`` (MERU cones) or ``"euclidean"`` (Ganea et al. 2018 cones, aperture ``asin(2K/|p|)``).
+        ``"lorentz"`` (MERU cones) or ``"euclidean"`` (Ganea et al. 2018 cones,
+        :func:`hyperst.lorentz.euclidean_half_aperture` and :func:`hyperst.lorentz.euclidean_oxy_angle`).
 
     Returns
     -------
@@ -237,7 +217,7 @@ def cone_loss(
             aperture = lorentz.half_aperture(parent, curv, min_radius=min_radius)
             angle = lorentz.oxy_angle(parent, child, curv)
         else:
-            aperture, angle = _euclidean_cone(parent, child, min_radius)
+            aperture, angle = lorentz.euclidean_cone(parent, child, min_radius=min_radius)
         return torch.relu(angle - aperture_scale * aperture).mean()
 
 
@@ -321,7 +301,6 @@ def prediction_loss(prediction: Tensor, target: Tensor) -> Tensor:
         If the shapes differ.
     """
     if prediction.shape != target.shape:
-        expected, found = tuple(prediction.shape), tuple(target.shape)
-        msg = f"Expected `target` to have the shape of `prediction` {expected}, found {found}."
-        raise ValueError(msg)
+        shape = tuple(prediction.shape)
+        raise ValueError(expected_to("target", f"have the shape of `prediction` {shape}", tuple(target.shape)))
     return F.mse_loss(_at_least_float32(prediction), _at_least_float32(target))

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .._validation import expected, expected_shape, expected_to
 from ._blocks import ResMLP
 from ._config import ModuleConfig
 from ._hyperbolic import LorentzLift, _clamp_passthrough
@@ -43,8 +44,7 @@ class HyperSTModule(nn.Module):
         super().__init__()
         for name, value in (("n_features", n_features), ("n_genes", n_genes)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                msg = f"Expected `{name}` to be a positive integer, found `{value!r}`."
-                raise ValueError(msg)
+                raise ValueError(expected(name, "a positive integer", value))
         self.config = cfg = config if config is not None else ModuleConfig()
         self.n_features, self.n_genes = n_features, n_genes
         dim = cfg.embed_dim
@@ -235,11 +235,8 @@ class HyperSTModule(nn.Module):
         needed = {_STREAM_KEYS[s] for pair in pairs for s in pair.split("_")}
         missing = sorted(needed - set(outputs))
         if missing:
-            msg = (
-                f"Expected `outputs` to hold {missing} for the alignment losses, "
-                f"found only {sorted(outputs)}. "
-                "Pass `spot_gene` and `niche_gene` to `forward`."
-            )
+            problem = expected_to("outputs", f"hold {missing} for the alignment losses", f"only {sorted(outputs)}")
+            msg = f"{problem} Pass `spot_gene` and `niche_gene` to `forward`."
             raise ValueError(msg)
         curv = self.curv if cfg.geometry == "lorentz" else None
         with torch.autocast(device_type=target.device.type, enabled=False):
@@ -310,7 +307,7 @@ class HyperSTModule(nn.Module):
             If the module was built with ``alignment=False`` (it has no embedding space).
         """
         if not self.config.alignment:
-            msg = "Expected a module built with `alignment=True` to embed, found `alignment=False`."
+            msg = "`embed` needs a module built with `alignment=True`; this one has `alignment=False`."
             raise ValueError(msg)
         spot, niche = self._image_features(spot_img, niche_img)
         return {"spot_image": self._embed(spot, "image"), "niche_image": self._embed(niche, "image")}
@@ -318,5 +315,4 @@ class HyperSTModule(nn.Module):
 
 def _check_input(x: Tensor, width: int, name: str) -> None:
     if x.ndim != 2 or x.shape[1] != width:
-        msg = f"Expected `{name}` to have shape (B, {width}), found {tuple(x.shape)}."
-        raise ValueError(msg)
+        raise ValueError(expected_shape(name, f"(B, {width})", x.shape))

@@ -49,7 +49,7 @@ def history(
     """Plot the training and validation losses, and the learned curvature, over the epochs of a fit.
 
     Reads ``model.history`` (one row per epoch, as :func:`hyperst.tl.fit` records it) and marks the epoch whose
-    weights the model kept (``model.training['best_epoch']``).
+    weights the model kept (``model.training.best_epoch``).
 
     Parameters
     ----------
@@ -116,7 +116,7 @@ def history(
         fig = axes[0].figure
 
     epochs = _series(rows, "epoch")
-    best = model.training.get("best_epoch")
+    best = model.training.best_epoch
     colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     loss_ax = axes[0]
     for i, term in enumerate(terms):

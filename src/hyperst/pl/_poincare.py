@@ -7,10 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._constants import Keys
+from .._constants import DEFAULT_KEY, Keys, Provenance
 from .._docs import doc_params
 from .._validation import check_key, expected, key_not_found
-from ..tl._poincare import POINCARE_STREAMS
 from ._utils import finish, plot_table, resolve_table
 
 if TYPE_CHECKING:
@@ -39,10 +38,10 @@ def _stream_coords(table: AnnData, name: str, keys: Keys) -> dict[str, np.ndarra
     """Read each stream's shared-axes projection, written by :func:`hyperst.tl.poincare` with ``streams=True``."""
     fix = f"Run `hyperst.tl.poincare(sdata, basis={keys.stem!r}, streams=True)` first."
     store = table.uns.get(keys.uns)
-    streams = store.get(POINCARE_STREAMS) if isinstance(store, dict) else None
+    streams = store.get(Provenance.poincare_streams) if isinstance(store, dict) else None
     if not streams:
         available = store.keys() if isinstance(store, dict) else []
-        raise KeyError(key_not_found(POINCARE_STREAMS, f"{name}.uns[{keys.uns!r}]", available, fix))
+        raise KeyError(key_not_found(Provenance.poincare_streams, f"{name}.uns[{keys.uns!r}]", available, fix))
     for key in streams.values():
         check_key(key, table.obsm, f"{name}.obsm", fix)
     return {s: np.asarray(table.obsm[k]) for s, k in streams.items() if s in _STREAM_STYLE}
@@ -100,7 +99,7 @@ def poincare(
     sdata: SpatialData | AnnData,
     *,
     color: str | Sequence[str] | None = None,
-    basis: str = "hyperst",
+    basis: str = DEFAULT_KEY,
     table_key: str | None = None,
     hierarchy: bool = False,
     n_lines: int = 30,

@@ -25,7 +25,7 @@ def gene_scores(
     *,
     n_top: int = 10,
     key: str = Keys().pcc,
-    val_key: str | None = "hyperst_val_pcc",
+    val_key: str | None = Keys().val_pcc,
     table_key: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .._constants import Keys
-from .._data._elements import OUTPUT_TABLE_FLAG, as_spatialdata, resolve_elements
+from .._constants import DEFAULT_KEY, OUTPUT_TABLE_FLAG, TARGET_LABELS, TARGETS, Keys, Provenance
+from .._data._elements import as_spatialdata, resolve_elements
+from .._data._target import measured_expression
 from .._docs import doc_params
-from .._validation import check_choice, expected
-from ..tl._evaluate import _SCALES, _TARGETS, _measured
+from .._validation import check_choice, expected, expected_to
 from ._utils import finish, to_axes_list
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _VALUES = "values"  # name of the derived table in the SpatialData that is drawn
 def _gene_list(genes: str | Sequence[str]) -> list[str]:
     names = [genes] if isinstance(genes, str) else list(dict.fromkeys(genes))
     if not names:
-        msg = "Expected `genes` to name at least one gene, found an empty list."
+        msg = expected_to("genes", "name at least one gene", "an empty list")
         raise ValueError(msg)
     return names
 
@@ -82,7 +82,7 @@ def _observed(table: AnnData, name: str, genes: list[str], counts_layer: str | N
     if not present.any() or (counts_layer is None and table.X is None):
         return None
     try:
-        values = _measured(table, name, counts_layer, target, cols[present])
+        values = measured_expression(table, name, counts_layer, target, cols[present])
     except ValueError as err:
         if counts_layer is not None:
             raise
@@ -106,7 +106,7 @@ def spatial(
     sdata: SpatialData | AnnData,
     genes: str | Sequence[str],
     *,
-    layer: str = "hyperst",
+    layer: str = DEFAULT_KEY,
     table_key: str | None = None,
     image_key: str | None = None,
     shapes_key: str | None = None,
@@ -175,8 +175,8 @@ def spatial(
     table = table[(table.obs[el.region_key] == el.shapes_key).to_numpy()]  # the spots of this shapes element
     name = f"sdata.tables[{el.table_key!r}]"
     provenance = table.uns.get(Keys(layer).uns)
-    target = provenance.get("target", "log2") if isinstance(provenance, dict) else "log2"
-    check_choice(target, "target", _TARGETS)
+    target = provenance.get(Provenance.target, "log2") if isinstance(provenance, dict) else "log2"
+    check_choice(target, "target", TARGETS)
     predicted = _predicted(sd, table, name, layer, names, el)
     measured = _observed(table, name, names, counts_layer, target)
     panels = [("measured", measured), ("predicted", predicted)] if measured is not None else [("predicted", predicted)]
@@ -224,5 +224,5 @@ def spatial(
             drawn.pl.show(coordinate_systems=cs, ax=a, show=False, colorbar=False)
             a.set_title(f"{gene}: {label}")
             a.set_axis_off()
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=row, label=_SCALES[target], shrink=0.8)
+        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=row, label=TARGET_LABELS[target], shrink=0.8)
     return finish(fig, show=show, user_ax=ax is not None)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from .._data._elements import _input_tables
-from .._validation import check_key, pick_one
+from .._data import input_tables
+from .._validation import check_key, expected_type, pick_one
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -32,12 +32,11 @@ def resolve_table(sdata: SpatialData | AnnData, table_key: str | None) -> tuple[
     if isinstance(sdata, AnnData):
         return sdata, "adata"
     if not isinstance(sdata, SpatialData):
-        msg = f"Expected `sdata` to be a SpatialData or AnnData object, found `{type(sdata).__name__}`."
-        raise TypeError(msg)
+        raise TypeError(expected_type("sdata", "a SpatialData or AnnData object", sdata))
     if table_key is not None:
         check_key(table_key, sdata.tables, "sdata.tables")
     else:
-        table_key = pick_one(None, _input_tables(sdata), "table_key", "sdata.tables", "table of spots")
+        table_key = pick_one(None, input_tables(sdata), "table_key", "sdata.tables", "table of spots")
     return sdata.tables[table_key], f"sdata.tables[{table_key!r}]"
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._constants import Keys
+from .._constants import DEFAULT_KEY, Keys
 from .._data import as_spatialdata, slide_layout
 from .._docs import doc_params
 from .._utils import quiet_loggers
@@ -46,7 +46,7 @@ def niche_graph(
     shapes_key: str | None = None,
     n_rings: int = 1,
     n_neighs: int | None = None,
-    key_added: str = "hyperst",
+    key_added: str = DEFAULT_KEY,
     inplace: bool = True,
 ) -> tuple[csr_matrix, csr_matrix] | None:
     """Build the niche graph: each spot's ring(s) of grid neighbours.
@@ -99,10 +99,7 @@ def niche_graph(
     keys = Keys(key_added)
     table, centres, _ = _table_and_centres(sdata, table_key, shapes_key)
     if len(centres) == 0:
-        msg = (
-            "Expected at least one spot to build a niche graph, found an empty table. Pass `table_key=` naming "
-            "the table of spots."
-        )
+        msg = "Found no spots to build a niche graph on: the table is empty. Pass `table_key=` naming the spots."
         raise ValueError(msg)
     if len(centres) == 1:  # a lone spot is its own niche: an empty graph, not an error
         empty = sp.csr_matrix((1, 1), dtype=np.float32)

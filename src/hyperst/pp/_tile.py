@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._data._elements import ADD_IMAGE, OUTPUT_TABLE_FLAG
+from .._constants import OUTPUT_TABLE_FLAG, TILES_KEY
+from .._data._elements import ADD_IMAGE
 from .._data._tissue import low_res, tissue_mask
 from .._utils import progress
-from .._validation import check_positive, expected, pick_one
+from .._validation import check_positive, expected, expected_type, pick_one
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,8 +30,6 @@ __all__ = ["tile"]
 
 logger = logging.getLogger(__name__)
 
-#: Default ``key_added``, and the ``uns`` key that marks (and describes) a table written by :func:`tile`.
-TILES_KEY = "hyperst_tiles"
 #: Suffix of the shapes element of the virtual spots (spatialdata forbids a table and shapes of one name).
 SHAPES_SUFFIX = "_spots"
 REGION_KEY = "region"
@@ -236,8 +235,7 @@ def tile(
     from spatialdata.transformations import get_transformation
 
     if not isinstance(sdata, SpatialData):
-        msg = f"Expected `sdata` to be a SpatialData object, found `{type(sdata).__name__}`."
-        raise TypeError(msg)
+        raise TypeError(expected_type("sdata", "a SpatialData object", sdata))
     spacing_um = float(check_positive(spacing_um, "spacing_um"))
     spot_diameter_um = float(check_positive(spot_diameter_um, "spot_diameter_um"))
     if isinstance(min_tissue, bool) or not isinstance(min_tissue, int | float) or not 0 < min_tissue <= 1:

@@ -1,4 +1,4 @@
-"""``hst.tl.evaluate``: per-gene agreement between measured and predicted expression (HYPERST.md §3.1).
+"""``hst.tl.evaluate``: per-gene agreement between measured and predicted expression (the paper's metrics).
 
 Both sides are compared on the model's target scale: ``log2(1 + counts)`` (the paper's) or
 ``log2(1 + counts per 10,000)``. Correlations are computed per gene across spots; a gene that is constant on
@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._config import _TARGETS
-from .._constants import Keys
-from .._data._elements import ADD_TABLE, _input_tables
-from .._data._genes import counts_matrix
+from .._constants import DEFAULT_KEY, TARGET_LABELS, TARGETS, Keys, Provenance
+from .._data._elements import ADD_TABLE, input_tables
+from .._data._target import measured_expression
 from .._docs import doc_params
-from .._validation import check_choice, check_key, key_not_found, pick_one
+from .._validation import check_choice, check_key, expected_to, key_not_found, pick_one
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -30,7 +29,6 @@ __all__ = ["evaluate", "gene_metrics"]
 
 logger = logging.getLogger(__name__)
 
-_SCALES = {"log2": "log2(1 + counts)", "log2_cp10k": "log2(1 + counts per 10,000)"}
 _TOP_K = (10, 50, 200)
 _COLUMNS = ["pearson", "spearman", "mse", "mae", "constant", "mean_measured"]
 
@@ -118,30 +116,8 @@ def _resolve_table(sdata: SpatialData | AnnData, table_key: str | None) -> tuple
     if isinstance(sdata, AnnData):
         return sdata, "adata"
     sd = as_spatialdata(sdata)
-    key = pick_one(table_key, _input_tables(sd), "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
+    key = pick_one(table_key, input_tables(sd), "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
     return sd.tables[key], f"sdata.tables[{key!r}]"
-
-
-def _measured(table: AnnData, name: str, counts_layer: str | None, target: str, cols: np.ndarray) -> np.ndarray:
-    if counts_layer is None and table.X is None:
-        msg = (
-            f"Table `{name}` holds no counts (`X` is None): pass `counts_layer=` naming a layer of raw counts, "
-            "or evaluate a slide with measured expression."
-        )
-        raise ValueError(msg)
-    try:
-        counts = counts_matrix(table, counts_layer, name=name)
-    except (KeyError, ValueError) as err:  # the fix names `counts_layer=`, evaluate's argument for `layer=`
-        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        msg = text.replace("`layer=", "`counts_layer=")
-        if "counts_layer=" not in msg:
-            msg = f"{msg} Pass `counts_layer=` to read raw counts from a layer."
-        raise type(err)(msg) from err
-    values = counts[:, cols].toarray().astype(np.float64)
-    if target == "log2_cp10k":
-        lib = np.asarray(counts.sum(1), dtype=np.float64).ravel()
-        values *= (1e4 / np.maximum(lib, 1.0))[:, None]
-    return np.log2(1.0 + values)
 
 
 def _select_genes(
@@ -163,7 +139,7 @@ def _select_genes(
         return cols
     names = [genes] if isinstance(genes, str) else list(dict.fromkeys(genes))
     if not names:
-        msg = "Expected `genes` to name at least one gene, found an empty list."
+        msg = expected_to("genes", "name at least one gene", "an empty list")
         raise ValueError(msg)
     cols = table.var_names.get_indexer(names)
     missing = [g for g, c in zip(names, cols, strict=True) if c < 0]
@@ -226,22 +202,22 @@ def evaluate(
     sdata: SpatialData | AnnData,
     *,
     table_key: str | None = None,
-    layer: str = "hyperst",
+    layer: str = DEFAULT_KEY,
     genes: str | Sequence[str] | None = None,
     counts_layer: str | None = None,
     target: Literal["log2", "log2_cp10k"] | None = None,
     slide_key: str | None = None,
-    key_added: str = "hyperst",
+    key_added: str = DEFAULT_KEY,
     inplace: bool = True,
 ) -> pd.DataFrame:
     """Compare predicted with measured expression, gene by gene (PCC, PCC@k, Spearman, MSE, MAE).
 
-    Metrics follow HYPERST.md §3.1. Measured raw counts are put on the model's target scale; each gene's
-    Pearson r, Spearman rho, MSE and MAE are taken across spots. A gene that is constant on either side gets
-    NaN correlations (``constant=True``); PCC@k counts it as 0, the mean PCC leaves it out. The summary is
-    computed pooled over all spots of the table and, when there are several slides, within each slide and
-    then averaged (mean and population std over slides): the authors' ``main.py`` pools, their ``eval.ipynb``
-    goes per slide.
+    Metrics follow the paper (arXiv 2511.22107) and the authors' code. Measured raw counts are put on the model's
+    target scale; each gene's Pearson r, Spearman rho, MSE and MAE are taken across spots. A gene that is constant
+    on either side gets NaN correlations (``constant=True``); PCC@k counts it as 0, the mean PCC leaves it out. The
+    summary is computed pooled over all spots of the table and, when there are several slides, within each slide and
+    then averaged (mean and population std over slides): the authors' ``main.py`` pools, their ``eval.ipynb`` goes
+    per slide.
 
     Parameters
     ----------
@@ -294,8 +270,8 @@ def evaluate(
         raise ValueError(msg)
     provenance = table.uns.get(keys.uns)
     if target is None:
-        target = provenance.get("target", "log2") if isinstance(provenance, dict) else "log2"
-    check_choice(target, "target", _TARGETS)
+        target = provenance.get(Provenance.target, "log2") if isinstance(provenance, dict) else "log2"
+    check_choice(target, "target", TARGETS)
     raw = table.layers[layer]
     cols = _select_genes(table, raw, genes, keys, layer)
     slide_key, codes, slide_names = _slides(table, slide_key)
@@ -307,12 +283,12 @@ def evaluate(
         bad_genes = list(table.var_names[cols[bad]][:20])
         msg = f"`{name}.layers[{layer!r}]` has NaN or infinite predictions for genes {bad_genes}."
         raise ValueError(msg)
-    measured = _measured(table, name, counts_layer, target, cols)
+    measured = measured_expression(table, name, counts_layer, target, cols)
 
     per_gene = gene_metrics(measured, predicted)
     frame = pd.DataFrame({c: per_gene[c] for c in _COLUMNS}, index=pd.Index(table.var_names[cols], name="gene"))
     frame = frame.sort_values("pearson", ascending=False, na_position="last", kind="stable")
-    metrics = _metrics_dict(measured, predicted, per_gene, codes, slide_names, _SCALES[target])
+    metrics = _metrics_dict(measured, predicted, per_gene, codes, slide_names, TARGET_LABELS[target])
     logger.info(
         "Evaluated %d genes over %d spots%s: mean PCC %.3f, PCC@10 %.3f, MSE %.3f",
         len(cols),

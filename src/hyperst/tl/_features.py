@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from spatialdata import SpatialData
 
     from .._data import SlideLayout
+    from .._records import EncoderRecord
 
-__all__ = ["FeatureExtractor", "extract_features", "make_extractor"]
+__all__ = ["FeatureExtractor", "extract_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,30 @@ _CACHE_VERSION = 1
 
 @dataclass
 class FeatureExtractor:
-    """Turns ``(B, 3, H, W)`` uint8 patches into ``(B, F)`` float32 features."""
+    """Turns ``(B, 3, H, W)`` uint8 patches into ``(B, F)`` float32 features.
 
-    name: str
-    spec: dict[str, Any]
-    n_features: int
-    fingerprint: str
-    #: Features do not change under the 8 dihedral transforms, so one view is computed and repeated.
-    invariant: bool
+    Build one with :func:`hyperst.tl._encoder.make_extractor` (for a fit) or
+    :func:`hyperst.tl._encoder.extractor_for` (from a model's :class:`~hyperst._records.EncoderRecord`).
+    """
+
+    record: EncoderRecord
     module: torch.nn.Module | None = None
     device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        """The encoder's name."""
+        return self.record.name
+
+    @property
+    def n_features(self) -> int:
+        """Width ``F`` of the features."""
+        return self.record.n_features
+
+    @property
+    def invariant(self) -> bool:
+        """Features do not change under the 8 dihedral transforms, so one view is computed and repeated."""
+        return self.module is None
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Compute features of a batch of patches."""
@@ -56,34 +71,6 @@ class FeatureExtractor:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(patches)).to(self.device)
             return self.module(x).float().cpu().numpy()
-
-
-def _state_fingerprint(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def make_extractor(
-    encoder: str | torch.nn.Module, *, weights: str | None = "DEFAULT", device: str = "cpu"
-) -> FeatureExtractor:
-    """Build the feature extractor for ``encoder`` (a registry name, ``"squidpy"`` or an ``nn.Module``)."""
-    if isinstance(encoder, str) and encoder == "squidpy":
-        from .._data._handcrafted import handcrafted_feature_names
-
-        names = handcrafted_feature_names()
-        spec = {"name": "squidpy", "weights": None, "n_features": len(names)}
-        return FeatureExtractor("squidpy", spec, len(names), "squidpy-v1", invariant=True)
-    from ..nn import build_encoder
-
-    module = build_encoder(encoder, weights=weights)
-    module.freeze()
-    module.to(device)
-    return FeatureExtractor(
-        module.name, module.spec.to_dict(), module.n_features, _state_fingerprint(module), False, module, device
-    )
 
 
 def _slide_fingerprint(reader: PatchReader) -> str:
@@ -103,7 +90,7 @@ def _cache_path(root: Path, reader: PatchReader, extractor: FeatureExtractor, vi
     key = {
         "version": _CACHE_VERSION,
         "slide": _slide_fingerprint(reader),
-        "encoder": extractor.fingerprint,
+        "encoder": extractor.record.fingerprint,
         "sides_px": [round(s, 3) for s in reader.sides],
         "out_px": reader.geometry.out_px,
         "views": views,
@@ -173,7 +160,7 @@ def extract_features(
     bad = ~(np.isfinite(spot_out).all((1, 2)) & np.isfinite(niche_out).all((1, 2)))
     if bad.any():  # never cached: a fixed encoder must not leave NaN features on disk for later fits
         msg = (
-            f"The encoder `{extractor.spec.get('name')}` gave non-finite features for {int(bad.sum())} of {n} spots "
+            f"The encoder `{extractor.name}` gave non-finite features for {int(bad.sum())} of {n} spots "
             f"(first: spot {int(np.flatnonzero(bad)[0])}): check its weights and that it maps "
             "`(B, 3, 224, 224)` float images to finite `(B, F)` features."
         )
@@ -182,6 +169,6 @@ def extract_features(
         group = zarr.open_group(str(path), mode="w")
         group.create_array("spot", data=spot_out)
         group.create_array("niche", data=niche_out)
-        group.attrs.update({"encoder": extractor.spec, "views": views, "complete": True})
+        group.attrs.update({"encoder": extractor.record.to_dict(), "views": views, "complete": True})
         logger.info("Cached features in `%s`", path)
     return spot_out, niche_out

@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
 
 from .._config import HyperSTConfig
 from .._docs import doc_params
 from .._model import HyperST
-from .._train import TrainArrays, train
+from .._train import TrainerSettings
+from .._utils import kept_random_state
 from .._validation import expected
-from ._evaluate import gene_metrics
-from ._fit_setup import checkpoint_folder, choose_genes, split_slides
-from ._prepare import SlideInput, check_counts, check_spots, load_slide, slide_features, slide_gene_arrays
-from ._trust import calibration, reference_qc, spot_radius, stain_od
+from ._encoder import encoder_record, lora_encoder, make_extractor
+from ._fit_setup import checkpoint_folder, choose_genes, load_training_slides, prepare_cohort, split_slides
+from ._prepare import check_spots
+from ._training import train_and_refit, training_record
 
 if TYPE_CHECKING:
     import torch
@@ -28,65 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["fit"]
 
 logger = logging.getLogger(__name__)
-
-
-def _as_list(sdata: Any) -> list[Any]:
-    from anndata import AnnData
-    from spatialdata import SpatialData
-
-    if isinstance(sdata, SpatialData | AnnData):
-        return [sdata]
-    if isinstance(sdata, Sequence) and not isinstance(sdata, str) and len(sdata) > 0:
-        return list(sdata)
-    msg = f"Expected `sdata` to be a SpatialData, an AnnData or a non-empty list of them, found `{sdata!r}`."
-    raise TypeError(msg)
-
-
-def _arrays(parts: list[tuple[SlideInput, np.ndarray]], genes_data: dict[str, tuple]) -> TrainArrays:
-    def cat(key: int | str) -> np.ndarray:
-        out = []
-        for s, r in parts:
-            src = getattr(s, key) if isinstance(key, str) else genes_data[s.name][key]
-            out.append(src[r])
-        return np.concatenate(out)
-
-    return TrainArrays(spot=cat("spot"), niche=cat("niche"), spot_gene=cat(0), niche_gene=cat(1), target=cat(2))
-
-
-def _fit_frozen(
-    train_part: list[tuple[SlideInput, np.ndarray]],
-    val_part: list[tuple[SlideInput, np.ndarray]],
-    genes_data: dict[str, tuple],
-    cfg: HyperSTConfig,
-    n_features: int,
-    *,
-    keep_last: bool = False,
-    **trainer: Any,
-) -> tuple[Any, list[dict[str, float]], int, tuple[np.ndarray, ...] | None]:
-    """Train a new module on the cached features.
-
-    Returns the module, the history, the best epoch and, with validation slides, their predictions, targets and
-    embedding radii.
-    """
-    import torch
-
-    from ..nn import HyperSTModule
-
-    train_arrays = _arrays(train_part, genes_data)
-    val_arrays = _arrays(val_part, genes_data) if val_part and sum(len(r) for _, r in val_part) > 1 else None
-    torch.manual_seed(cfg.random_state)
-    module = HyperSTModule(n_features, train_arrays.target.shape[1], cfg.module)
-    feats = np.concatenate([train_arrays.spot[:, 0], train_arrays.niche[:, 0]])
-    module.set_input_stats(
-        torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(train_arrays.target.mean(0))
-    )
-    history, best_epoch = train(module, train_arrays, val_arrays, cfg, keep_last=keep_last, **trainer)
-    if val_arrays is None:
-        return module, history, best_epoch, None
-    with torch.inference_mode():
-        pred = module.predict(torch.from_numpy(val_arrays.spot[:, 0]), torch.from_numpy(val_arrays.niche[:, 0]))
-    radius = spot_radius(module, val_arrays.spot[:, 0], val_arrays.niche[:, 0])
-    return module, history, best_epoch, (pred.numpy(), val_arrays.target, radius)
 
 
 @doc_params
@@ -181,8 +120,11 @@ def fit(
 
     Returns
     -------
-    The trained :class:`hyperst.HyperST`. With ``finetune="lora"``, its ``encoder_state`` holds the whole
-    encoder (backbone and adapters) and ``encoder["lora"]`` the adapter settings, so that predictions rebuild it.
+    The trained :class:`hyperst.HyperST`: what it saw and decided is ``model.training``
+    (:class:`~hyperst._records.TrainingRecord`), its encoder ``model.encoder``
+    (:class:`~hyperst._records.EncoderRecord`). With ``finetune="lora"``, ``model.encoder.state`` holds the whole
+    encoder (backbone and adapters) and ``model.encoder.lora`` the adapter settings, so that predictions rebuild it.
+    The caller's random generators (Python's, NumPy's, torch's) are left as they were.
 
     Raises
     ------
@@ -201,143 +143,45 @@ def fit(
     cfg = HyperSTConfig.build(config, **kwargs)
     if finetune not in (None, "lora"):
         raise ValueError(expected("finetune", "None or 'lora'", finetune))
-    lora = None
-    if finetune == "lora":  # built first: a `lora_blocks` too large for the backbone fails before any work
-        from ._finetune import lora_encoder
-
-        torch.manual_seed(cfg.random_state)  # random backbone weights (`weights=None`) and adapters are seeded
-        lora = lora_encoder(encoder, weights=weights, config=cfg)
-    inputs = _as_list(sdata)
-    slides = []
-    for i, data in enumerate(inputs):
-        slide = load_slide(
-            data, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
+    run_on = TrainerSettings(accelerator, devices, num_nodes, strategy, precision)
+    with kept_random_state():
+        lora = None
+        if finetune == "lora":  # built first: a `lora_blocks` too large for the backbone fails before any work
+            torch.manual_seed(cfg.random_state)  # random backbone weights (`weights=None`) and adapters are seeded
+            lora = lora_encoder(encoder, weights=weights, config=cfg)
+        slides = load_training_slides(
+            sdata,
+            layer=layer,
+            table_key=table_key,
+            image_key=image_key,
+            shapes_key=shapes_key,
+            microns_per_pixel=microns_per_pixel,
         )
-        if any(s.name == slide.name for s in slides):
-            slide.name = f"{slide.name}_{i}"
-        check_counts(slide, layer)
-        slides.append(slide)
-    names = choose_genes(slides, genes, layer)
-    logger.info("Training on %d slide(s), %d genes", len(slides), len(names))
-
-    from ..pp import niche_graph
-    from ._features import make_extractor
-
-    device = "cuda" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "cpu"
-    extractor = None
-    if lora is None:
-        torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
-        extractor = make_extractor(encoder, weights=weights, device=device)
-    n_features = lora.n_features if lora is not None else extractor.n_features
-    genes_data, rows = {}, []
-    for s in slides:
-        conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
-        genes_data[s.name] = slide_gene_arrays(s, names, cfg, layer=layer, connectivities=conn)
-        keep = np.flatnonzero(genes_data[s.name][0].sum(1) > 0)  # spots with no count of any model gene
-        if len(keep) < len(s.layout.centres_px):
-            logger.info(
-                "Slide `%s`: %d spots without counts of the model genes are not used",
-                s.name,
-                len(s.layout.centres_px) - len(keep),
-            )
-        rows.append(keep)
-        if extractor is not None:
-            slide_features(s, extractor, cfg, views=cfg.views, batch_size=feature_batch_size, cache=cache)
-    check_spots(slides, rows)
-    cfg = cfg.with_encoder_width(n_features)
-    train_part, val_part = split_slides(slides, rows, cfg)
-    trainer = {
-        "accelerator": accelerator,
-        "devices": devices,
-        "num_nodes": num_nodes,
-        "strategy": strategy,
-        "precision": precision,
-    }
-    ckpt = checkpoint_folder(checkpoint_dir, resume, cfg, names, slides, n_features)
-    if ckpt is not None:
-        trainer |= {"checkpoint_dir": ckpt / "select", "resume": resume}
-    refit_history: list[dict[str, float]] | None = None
-    if lora is not None:
-        from ._finetune import fit_lora
-
-        module, history, best_epoch, val = fit_lora(
-            lora,
-            train_part,
-            val_part,
-            genes_data,
-            cfg,
-            n_genes=len(names),
-            feature_batch_size=feature_batch_size,
-            device=device,
-            **trainer,
+        names = choose_genes(slides, genes, layer)
+        logger.info("Training on %d slide(s), %d genes", len(slides), len(names))
+        extractor = None
+        if lora is None:
+            torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
+            extractor = make_extractor(encoder, weights=weights, device=run_on.device)
+        n_features = lora.n_features if lora is not None else extractor.n_features
+        genes_data, rows = prepare_cohort(
+            slides, names, cfg, extractor, layer=layer, cache=cache, batch_size=feature_batch_size
         )
-        if cfg.refit:
-            logger.info("`refit` is ignored with `finetune='lora'`: the weights of the best validation epoch are kept")
-    else:
-        module, history, best_epoch, val = _fit_frozen(train_part, val_part, genes_data, cfg, n_features, **trainer)
-        if cfg.refit and val is not None:
-            n_epochs = best_epoch + 1
-            logger.info("Refitting on all %d training slide(s) for %d epochs (`refit=True`)", len(slides), n_epochs)
-            if ckpt is not None:
-                trainer["checkpoint_dir"] = ckpt / "refit"
-            module, refit_history, _, _ = _fit_frozen(
-                train_part + val_part,
-                [],
-                genes_data,
-                replace(cfg, max_epochs=n_epochs),
-                n_features,
-                keep_last=True,
-                **trainer,
-            )
-    val_pcc = None if val is None else gene_metrics(val[1], val[0])["pearson"]
-    if lora is not None:
-        spec = {**lora.spec.to_dict(), "lora": lora.lora_config}
-        encoder_state = {k: v.detach().cpu().clone() for k, v in lora.state_dict().items()}
-    else:
-        spec = extractor.spec
-        store_encoder = extractor.module is not None and (
-            not isinstance(encoder, str) or weights is None or os.path.exists(str(weights))
+        check_spots(slides, rows)
+        cfg = cfg.with_encoder_width(n_features)
+        parts = split_slides(slides, rows, cfg)
+        ckpt = checkpoint_folder(checkpoint_dir, resume, cfg, names, slides, n_features)
+        if ckpt is not None:
+            run_on = TrainerSettings(accelerator, devices, num_nodes, strategy, precision, ckpt / "select", resume)
+        run, refit = train_and_refit(
+            *parts, genes_data, cfg, run_on, encoder=lora, feature_batch_size=feature_batch_size
         )
-        encoder_state = (
-            {k: v.detach().cpu().clone() for k, v in extractor.module.state_dict().items()} if store_encoder else None
-        )
-    training = {
-        "slides": [s.name for s in slides],
-        "validation_slides": sorted({s.name for s, _ in val_part} - {s.name for s, _ in train_part}),
-        "n_spots": {s.name: int(len(r)) for s, r in zip(slides, rows, strict=True)},
-        "microns_per_pixel": {s.name: float(s.layout.microns_per_pixel) for s in slides},
-        "technology": sorted({s.layout.technology for s in slides}),
-        "spot_side_um": cfg.spot_um,
-        "niche_side_um": {
-            s.name: float(
-                2 * (cfg.n_rings * s.layout.grid.pitch + s.layout.spot_diameter_px / 2) * s.layout.microns_per_pixel
-            )
-            if cfg.niche_um is None
-            else cfg.niche_um
-            for s in slides
-        },
-        "best_epoch": int(best_epoch),
-        "refit_epochs": None if refit_history is None else len(refit_history),
-        "refit_history": refit_history,
-        "val_pcc": None if val_pcc is None else [None if np.isnan(v) else float(v) for v in val_pcc],
-        "val_mean_pcc": None if val_pcc is None else float(np.nanmean(val_pcc)),
-    }
-    if val is not None:  # split-conformal calibration on the held-out run's residuals (docs/trust.md)
-        training["calibration"] = calibration(val[0], val[1], val[2] if len(val) > 2 else None)
-    if lora is None:
-        parts = train_part + val_part
-        training["qc"] = reference_qc(
-            module, slides, [s.spot[r, 0] for s, r in parts], [s.niche[r, 0] for s, r in parts]
-        )
-    else:  # no cached features to summarise: the stain only
-        training["qc"] = {"stain_od": {s.name: stain_od(s) for s in slides}}
+        training = training_record(slides, rows, parts, cfg, run, refit, cached=lora is None)
     return HyperST(
-        module=module,
+        module=(refit or run).module,
         config=cfg,
         genes=names,
-        encoder=spec,
+        encoder=encoder_record(extractor, lora, encoder=encoder, weights=weights),
         training=training,
-        history=history,
-        encoder_state=encoder_state,
-        encoder_module=encoder if not isinstance(encoder, str) else None,
+        history=run.history,
     )

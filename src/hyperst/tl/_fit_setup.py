@@ -1,4 +1,4 @@
-"""What ``hst.tl.fit`` trains on: the genes, the training/validation split and the checkpoint folder."""
+"""What ``hst.tl.fit`` trains on: the slides, the genes, their arrays, the validation split, the checkpoints."""
 
 from __future__ import annotations
 
@@ -6,18 +6,81 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._config import HyperSTConfig
 from .._data._genes import select_hmhvg
 from .._validation import expected
-from ._prepare import SlideInput
+from ._prepare import SlideInput, check_counts, load_slide, slide_features, slide_gene_arrays
 
-__all__ = ["checkpoint_folder", "choose_genes", "split_slides"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .._data._dataset import GeneArrays
+    from ._features import FeatureExtractor
+
+__all__ = ["checkpoint_folder", "choose_genes", "load_training_slides", "prepare_cohort", "split_slides"]
 
 logger = logging.getLogger(__name__)
+
+
+def _as_list(sdata: Any) -> list[Any]:
+    from anndata import AnnData
+    from spatialdata import SpatialData
+
+    if isinstance(sdata, SpatialData | AnnData):
+        return [sdata]
+    if isinstance(sdata, Sequence) and not isinstance(sdata, str) and len(sdata) > 0:
+        return list(sdata)
+    what = "a SpatialData, an AnnData or a non-empty list of them"
+    raise TypeError(expected("sdata", what, sdata))
+
+
+def load_training_slides(sdata: Any, *, layer: str | None, **keys: Any) -> list[SlideInput]:
+    """Resolve every training slide (``keys``: table, image and shapes keys, microns per pixel); check counts.
+
+    Slides whose shapes share a name get the suffix ``_<position>``.
+    """
+    slides: list[SlideInput] = []
+    for i, data in enumerate(_as_list(sdata)):
+        slide = load_slide(data, **keys)
+        if any(s.name == slide.name for s in slides):
+            slide.name = f"{slide.name}_{i}"
+        check_counts(slide, layer)
+        slides.append(slide)
+    return slides
+
+
+def prepare_cohort(
+    slides: list[SlideInput],
+    genes: list[str],
+    cfg: HyperSTConfig,
+    extractor: FeatureExtractor | None,
+    *,
+    layer: str | None,
+    cache: bool | str | os.PathLike,
+    batch_size: int,
+) -> tuple[GeneArrays, list[np.ndarray]]:
+    """Gene arrays of every slide, the rows of its spots used, and (with ``extractor``) its cached features.
+
+    Spots without a count of any model gene are left out of training.
+    """
+    from ..pp import niche_graph
+
+    genes_data, rows = {}, []
+    for s in slides:
+        conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
+        genes_data[s.name] = slide_gene_arrays(s, genes, cfg, layer=layer, connectivities=conn)
+        keep = np.flatnonzero(genes_data[s.name][0].sum(1) > 0)
+        if len(keep) < len(s.layout.centres_px):
+            n_left_out = len(s.layout.centres_px) - len(keep)
+            logger.info("Slide `%s`: %d spots without counts of the model genes are not used", s.name, n_left_out)
+        rows.append(keep)
+        if extractor is not None:
+            slide_features(s, extractor, cfg, views=cfg.views, batch_size=batch_size, cache=cache)
+    return genes_data, rows
 
 
 def choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: str | None) -> list[str]:
@@ -30,8 +93,7 @@ def choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: st
         raise ValueError(expected("genes", "a positive integer or a non-empty list of gene names", genes))
     names = [str(g) for g in genes]
     if len(set(names)) != len(names):
-        msg = "Expected `genes` to hold distinct names, found duplicates."
-        raise ValueError(msg)
+        raise ValueError(expected("genes", "distinct gene names", [g for g in names if names.count(g) > 1][:5]))
     for s in slides:
         missing = [g for g in names if g not in s.table.var_names]
         if missing:
@@ -76,6 +138,8 @@ def checkpoint_folder(
             msg = "`resume=True` needs the `checkpoint_dir` of the interrupted fit."
             raise ValueError(msg)
         return None
+    from pathlib import Path
+
     root = Path(checkpoint_dir)
     record = {
         "config": cfg.to_dict(),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._constants import Keys
+from .._constants import DEFAULT_KEY, STREAMS, Keys, Provenance
 from .._data import as_spatialdata, resolve_elements
 from .._docs import doc_params
 from .._validation import key_not_found
@@ -16,12 +16,9 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["POINCARE_STREAMS", "poincare", "poincare_coordinates", "stream_keys"]
+__all__ = ["poincare", "poincare_coordinates"]
 
 logger = logging.getLogger(__name__)
-
-#: Entry of ``uns[stem]`` naming the ``obsm`` key of each stream's shared-axes projection (``streams=True``).
-POINCARE_STREAMS = "poincare_streams"
 
 
 def poincare_coordinates(lorentz_full: np.ndarray, curv: float) -> tuple[np.ndarray, np.ndarray]:
@@ -35,10 +32,14 @@ def poincare_coordinates(lorentz_full: np.ndarray, curv: float) -> tuple[np.ndar
     -------
     ``(N, 2)`` disk coordinates (norm < 1) and ``(N,)`` geodesic radii.
     """
+    import torch
+
+    from ..lorentz import dist0
+
     x = np.asarray(lorentz_full, dtype=np.float64)[:, 1:]
     norm = np.linalg.norm(x, axis=1)
     sc = np.sqrt(curv)
-    radius = np.arcsinh(sc * norm) / sc  # d(0, x)
+    radius = dist0(torch.from_numpy(x), curv).numpy()  # float64, as the rest of the projection
     with np.errstate(invalid="ignore", divide="ignore"):
         tangent = np.where(norm[:, None] > 0, x / norm[:, None] * radius[:, None], 0.0)
     centred = tangent - tangent.mean(0)
@@ -61,7 +62,7 @@ def poincare_coordinates(lorentz_full: np.ndarray, curv: float) -> tuple[np.ndar
 def poincare(
     sdata: SpatialData | AnnData,
     *,
-    basis: str = "hyperst",
+    basis: str = DEFAULT_KEY,
     table_key: str | None = None,
     key_added: str | None = None,
     streams: bool = False,
@@ -119,9 +120,9 @@ def poincare(
     src, out = Keys(basis), Keys(key_added or basis)
     if src.embedding not in table.obsm:
         raise KeyError(key_not_found(src.embedding, "obsm", table.obsm.keys(), "Run `hyperst.tl.predict` first."))
-    curv = table.uns.get(src.uns, {}).get("curvature")
+    curv = table.uns.get(src.uns, {}).get(Provenance.curvature)
     if curv is None:
-        msg = f"No curvature in `uns[{src.uns!r}]['curvature']`: the embedding is not hyperbolic."
+        msg = f"No curvature in `uns[{src.uns!r}][{Provenance.curvature!r}]`: the embedding is not hyperbolic."
         raise ValueError(msg)
     if streams:
         return _poincare_streams(table, src, out, float(curv), inplace=inplace)
@@ -135,22 +136,11 @@ def poincare(
     return None
 
 
-def stream_keys(src: Keys, out: Keys) -> dict[str, tuple[str, str]]:
-    """Each stream's Lorentz ``obsm`` key (read, stem of ``src``) and Poincaré ``obsm`` key (written, ``out``)."""
-    embeddings = {
-        "spot_image": (src.embedding, out.embedding),
-        "niche_image": (src.embedding_niche, out.embedding_niche),
-        "spot_gene": (src.embedding_gene, out.embedding_gene),
-        "niche_gene": (src.embedding_gene_niche, out.embedding_gene_niche),
-    }
-    # ``Keys(stem).poincare`` is the projection of ``Keys(stem).embedding == f"X_{stem}"``
-    return {s: (read, Keys(written.removeprefix("X_")).poincare) for s, (read, written) in embeddings.items()}
-
-
 def _poincare_streams(
     table: AnnData, src: Keys, out: Keys, curv: float, *, inplace: bool
 ) -> dict[str, np.ndarray] | None:
-    present = {s: keys for s, keys in stream_keys(src, out).items() if keys[0] in table.obsm}
+    streams = {s: (src.stream_embedding(s), out.stream_poincare(s)) for s in STREAMS}
+    present = {s: keys for s, keys in streams.items() if keys[0] in table.obsm}
     arrays = [np.asarray(table.obsm[read]) for read, _ in present.values()]
     disk, radius = poincare_coordinates(np.concatenate(arrays), curv)  # one PCA over every stream
     n = table.n_obs
@@ -166,21 +156,23 @@ def _poincare_streams(
             table.obsm[key] = value
     store = table.uns.get(out.uns)
     store = dict(store) if isinstance(store, dict) else {}
-    store[POINCARE_STREAMS] = {s: written for s, (_, written) in present.items()}
+    store[Provenance.poincare_streams] = {s: written for s, (_, written) in present.items()}
     table.uns[out.uns] = store
     written = [k for k in result if k != out.radius]
-    logger.info("Adding `obsm` %s, `obs['%s']`, `uns['%s']['%s']`", written, out.radius, out.uns, POINCARE_STREAMS)
+    logger.info(
+        "Adding `obsm` %s, `obs['%s']`, `uns['%s']['%s']`", written, out.radius, out.uns, Provenance.poincare_streams
+    )
     return None
 
 
 def _drop_streams(table: AnnData, out: Keys) -> None:
     """Remove the stream projections of an earlier ``streams=True`` call (their axes are stale)."""
     store = table.uns.get(out.uns)
-    if not isinstance(store, dict) or POINCARE_STREAMS not in store:
+    if not isinstance(store, dict) or Provenance.poincare_streams not in store:
         return
-    for key in dict(store[POINCARE_STREAMS]).values():
+    for key in dict(store[Provenance.poincare_streams]).values():
         if key != out.poincare:
             table.obsm.pop(key, None)
     store = dict(store)
-    del store[POINCARE_STREAMS]
+    del store[Provenance.poincare_streams]
     table.uns[out.uns] = store

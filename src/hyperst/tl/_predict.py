@@ -1,25 +1,26 @@
-"""``hst.tl.predict``: expression and hyperbolic embeddings for every spot of a slide, from its H&E alone."""
+"""``hst.tl.predict``: expression and hyperbolic embeddings for every spot of a slide, from its H&E alone.
+
+Load → features → infer → QC → write: the steps live in :mod:`hyperst.tl._encoder` (the encoder),
+:mod:`hyperst.tl._features` (cached features), :mod:`hyperst.tl._infer` (inference, the table, the writes) and
+:mod:`hyperst.tl._trust` (intervals and domain checks).
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-
-from .._constants import Keys
-from .._data._elements import OUTPUT_TABLE_FLAG
+from .._constants import DEFAULT_KEY, Keys
 from .._docs import doc_params
-from ._features import FeatureExtractor, extract_features, make_extractor
-from ._poincare import poincare_coordinates
-from ._prepare import geometry_from, load_slide, slide_gene_arrays
-from ._trust import RELIABLE_PCC, conformal_bounds, domain_qc, feature_distance, spot_radius
+from .._validation import expected, expected_type
+from ._encoder import extractor_for
+from ._features import extract_features
+from ._infer import infer, prediction_table, provenance, write_predictions
+from ._prepare import geometry_from, load_slide
+from ._trust import RELIABLE_PCC, conformal_bounds, domain_qc, feature_distance
 
 if TYPE_CHECKING:
-    import torch
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -30,72 +31,19 @@ __all__ = ["predict"]
 logger = logging.getLogger(__name__)
 
 
-def _extractor(model: HyperST) -> FeatureExtractor:
-    spec = model.encoder
-    name = spec.get("name")
-    custom = bool(spec.get("custom")) or str(name).startswith("custom:")
-    if name == "squidpy":
-        ext = make_extractor("squidpy")
-    elif custom and model.encoder_module is None:  # stored weights alone cannot rebuild a user's architecture
+def _check_arguments(model: HyperST, views: int, coverage: float | None) -> None:
+    from .._model import HyperST
+
+    if not isinstance(model, HyperST):
         msg = (
-            f"This model was trained with a custom encoder module (`{name}`): pass it with "
-            "`HyperST.load(path, encoder=...)`."
+            f"{expected_type('model', 'a hyperst.HyperST', model)} Train one with `hyperst.tl.fit(...)` "
+            "or read a saved one with `hyperst.HyperST.load(path)`."
         )
-        raise ValueError(msg)
-    elif spec.get("lora") is not None:  # fine-tuned: architecture, adapters, then the stored weights
-        from ._finetune import lora_extractor
-
-        ext = lora_extractor(spec, model.encoder_state, model.encoder_module)
-    elif model.encoder_module is not None:
-        ext = make_extractor(model.encoder_module)
-    elif model.encoder_state is not None:
-        ext = make_extractor(name, weights=None)
-    elif spec.get("weights") is None:
-        msg = (
-            f"This model's `{name}` encoder had random weights that are not stored with it (`encoder_state` is "
-            "None), so its features cannot be reproduced. Load the model from a folder that holds "
-            "`encoder.safetensors`, or refit it."
-        )
-        raise ValueError(msg)
-    else:
-        ext = make_extractor(name, weights=spec.get("weights"))
-    if ext.module is not None and model.encoder_state is not None and spec.get("lora") is None:
-        from ._features import _state_fingerprint
-
-        ext.module.load_state_dict(model.encoder_state)
-        ext.fingerprint = _state_fingerprint(ext.module)
-    if ext.n_features != model.module.n_features:
-        msg = (
-            f"The encoder gives {ext.n_features} features but the model reads {model.module.n_features}: "
-            "the encoder does not match the one the model was trained with. Load the model with its own encoder "
-            "(`HyperST.load(path, encoder=...)` for a custom one), or refit it."
-        )
-        raise ValueError(msg)
-    return ext
-
-
-def _batched(fn: Any, *arrays: np.ndarray, batch: int = 512) -> list[dict[str, np.ndarray]]:
-    import torch
-
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(arrays[0]), batch):
-            res = fn(*(torch.from_numpy(np.ascontiguousarray(a[start : start + batch])) for a in arrays))
-            out.append({k: v.float().numpy() for k, v in (res.items() if isinstance(res, dict) else [("y", res)])})
-    return out
-
-
-def _cat(parts: list[dict[str, np.ndarray]], key: str) -> np.ndarray:
-    return np.concatenate([p[key] for p in parts])
-
-
-def _lorentz(module: torch.nn.Module, space: np.ndarray) -> np.ndarray:
-    import torch
-
-    from ..lorentz import to_lorentz_full
-
-    with torch.inference_mode():
-        return to_lorentz_full(torch.from_numpy(space), module.curv.detach()).numpy().astype(np.float32)
+        raise TypeError(msg)
+    if not isinstance(views, int) or not 1 <= views <= 8:
+        raise ValueError(expected("views", "an integer from 1 to 8", views))
+    if coverage is not None and not (isinstance(coverage, float) and 0 < coverage < 1):
+        raise ValueError(expected("coverage", "a float in (0, 1) or None", coverage))
 
 
 @doc_params
@@ -103,7 +51,7 @@ def predict(
     sdata: SpatialData | AnnData,
     model: HyperST,
     *,
-    key_added: str = "hyperst",
+    key_added: str = DEFAULT_KEY,
     inplace: bool = True,
     table_key: str | None = None,
     image_key: str | None = None,
@@ -178,162 +126,42 @@ def predict(
     and ``sdata.tables['{{key_added}}']``: the predictions as their own table (var = the model's genes),
     annotating the same spots. With ``inplace=False``, that table (holding the embeddings too).
     """
-    import anndata as ad
-    from anndata import AnnData
-    from spatialdata.models import TableModel
-
-    from .._model import HyperST
     from ..pp import niche_graph
 
-    if not isinstance(model, HyperST):
-        msg = (
-            f"Expected `model` to be a hyperst.HyperST, found `{type(model).__name__}`. Train one with "
-            "`hyperst.tl.fit(...)` or read a saved one with `hyperst.HyperST.load(path)`."
-        )
-        raise TypeError(msg)
-    if not isinstance(views, int) or not 1 <= views <= 8:
-        msg = f"Expected `views` to be an integer from 1 to 8, found `{views!r}`."
-        raise ValueError(msg)
-    if coverage is not None and not (isinstance(coverage, float) and 0 < coverage < 1):
-        msg = f"Expected `coverage` to be a float in (0, 1) or None, found `{coverage!r}`."
-        raise ValueError(msg)
+    _check_arguments(model, views, coverage)
     keys = Keys(key_added)
     slide = load_slide(
         sdata, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
     )
-    el, table = slide.layout.elements, slide.table
-    module = model.module.cpu().eval()
-    cfg = model.config
-    extractor = _extractor(model)
+    extractor = extractor_for(model.encoder, model.module.n_features)
     spot, niche = extract_features(
         slide.sdata,
         slide.layout,
         extractor,
-        geometry=geometry_from(cfg),
+        geometry=geometry_from(model.config),
         views=views,
         batch_size=batch_size,
         cache=cache,
         desc="predict",
     )
-    pred = np.mean([_cat(_batched(module.predict, spot[:, v], niche[:, v]), "y") for v in range(views)], axis=0)
-    conn, dist = niche_graph(slide.sdata, table_key=el.table_key, n_rings=cfg.n_rings, inplace=False)
-    radius = spot_radius(module, spot[:, 0], niche[:, 0])
-    qc = domain_qc(model.training, slide, feature_distance(module, spot[:, 0]), radius)
-    bounds = None
-    cal = model.training.get("calibration")
-    if coverage is not None and cal is not None:
-        bounds = conformal_bounds(pred, cal, coverage, radius if normalised else None)
+    table_key = slide.layout.elements.table_key
+    graph = niche_graph(slide.sdata, table_key=table_key, n_rings=model.config.n_rings, inplace=False)
+    inference = infer(model, slide, spot, niche, keys=keys, layer=layer, connectivities=graph[0])
+
+    qc = domain_qc(model.training, slide, feature_distance(model.module, spot[:, 0]), inference.radius)
+    bounds, intervals = None, None
+    if coverage is not None and model.training.calibration is not None:
+        radius = inference.radius if normalised else None
+        lower, upper, intervals = conformal_bounds(inference.pred, model.training.calibration, coverage, radius)
+        bounds = (lower, upper)
     elif coverage is not None:
         logger.info("No intervals: the model has no calibration (it was fitted without validation slides)")
-    val_pcc = model.training.get("val_pcc")
-    val_pcc = np.full(len(model.genes), np.nan) if val_pcc is None else np.array(val_pcc, dtype=np.float64)
+    uns = provenance(model, slide, inference, views=views, qc=qc, intervals=intervals)
 
-    obsm: dict[str, np.ndarray] = {}
-    hyperbolic = cfg.module.alignment and cfg.module.geometry == "lorentz"
-    curv = float(module.curv.detach()) if hyperbolic else None
-    if cfg.module.alignment:
-        gene_inputs = None
-        try:
-            gene_inputs = slide_gene_arrays(slide, model.genes, cfg, layer=layer, connectivities=conn)
-        except (KeyError, ValueError) as err:
-            logger.info("No gene embeddings: %s", err)
-        if gene_inputs is not None:
-            parts = _batched(module, spot[:, 0], niche[:, 0], gene_inputs[0], gene_inputs[1])
-            names = {
-                "spot_image": keys.embedding,
-                "niche_image": keys.embedding_niche,
-                "spot_gene": keys.embedding_gene,
-                "niche_gene": keys.embedding_gene_niche,
-            }
-        else:
-            parts = _batched(module.embed, spot[:, 0], niche[:, 0])
-            names = {"spot_image": keys.embedding, "niche_image": keys.embedding_niche}
-        for stream, key in names.items():
-            space = _cat(parts, stream)
-            obsm[key] = _lorentz(module, space) if hyperbolic else space.astype(np.float32)
-    obs_extra = {}
-    if hyperbolic:
-        disk, radius = poincare_coordinates(obsm[keys.embedding], curv)
-        obsm[keys.poincare] = disk
-        obs_extra[keys.radius] = radius
-
-    provenance = {
-        "version": _version(),
-        "model_hash": model.fingerprint(),
-        "genes": list(model.genes),
-        "encoder": {k: v for k, v in model.encoder.items() if v is not None},
-        "microns_per_pixel": float(slide.layout.microns_per_pixel),
-        "scale_source": slide.layout.scale_source,
-        "spot_patch_um": float(cfg.spot_um),
-        "niche_patch_um": float(geometry_from(cfg).sides_px(slide.layout)[1] * slide.layout.microns_per_pixel),
-        "geometry": cfg.module.geometry,
-        "target": cfg.target,
-        "views": views,
-    }
-    if curv is not None:
-        provenance["curvature"] = curv
-    provenance["qc"] = qc
-    if bounds is not None:
-        provenance["intervals"] = bounds[2]
-    provenance = json.loads(json.dumps(provenance, default=list))  # tuples -> lists: zarr-safe
-
-    obs = pd.DataFrame(index=table.obs_names.copy())
-    for col in (el.region_key, el.instance_key):
-        obs[col] = table.obs[col].to_numpy()
-    obs[el.region_key] = pd.Categorical(obs[el.region_key])  # as TableModel wants it (no conversion warning)
-    for k, v in obs_extra.items():
-        obs[k] = v
-    var = pd.DataFrame(index=pd.Index(model.genes))
-    var[keys.val_pcc] = val_pcc
-    var[keys.reliable] = val_pcc >= reliable_pcc  # NaN (constant on validation, or no validation) -> False
-    result = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=var)
-    if bounds is not None:
-        result.layers[keys.lower], result.layers[keys.upper] = bounds[0], bounds[1]
-    for k, v in obsm.items():
-        result.obsm[k] = v
-    result.obsp[keys.connectivities], result.obsp[keys.distances] = conn, dist
-    result.uns[keys.uns] = provenance
-    result.uns[OUTPUT_TABLE_FLAG] = True
-    result = TableModel.parse(result, region=el.shapes_key, region_key=el.region_key, instance_key=el.instance_key)
+    result = prediction_table(
+        slide, model, inference, graph, keys=keys, bounds=bounds, reliable_pcc=reliable_pcc, uns=uns
+    )
     if not inplace:
         return result
-
-    target = sdata if isinstance(sdata, AnnData) else table
-    for k, v in obsm.items():
-        target.obsm[k] = v
-    for k, v in obs_extra.items():
-        target.obs[k] = v
-    target.obsp[keys.connectivities], target.obsp[keys.distances] = conn, dist
-    if target.n_vars:
-        full = np.full(target.shape, np.nan, dtype=np.float32)
-        cols = target.var_names.get_indexer(model.genes)
-        present = cols >= 0
-        full[:, cols[present]] = pred[:, present]
-        target.layers[keys.layer] = full
-        if bounds is not None:
-            for key, values in ((keys.lower, bounds[0]), (keys.upper, bounds[1])):
-                layer_values = np.full(target.shape, np.nan, dtype=np.float32)
-                layer_values[:, cols[present]] = values[:, present]
-                target.layers[key] = layer_values
-        target.var[keys.predicted] = np.isin(np.arange(target.n_vars), cols[present])
-        gene_pcc = np.full(target.n_vars, np.nan)
-        gene_pcc[cols[present]] = val_pcc[present]
-        target.var[keys.val_pcc] = gene_pcc
-        target.var[keys.reliable] = gene_pcc >= reliable_pcc
-    target.uns[keys.uns] = provenance
-    if not isinstance(sdata, AnnData):
-        sdata.tables[keys.table] = result
-    logger.info(
-        "Adding predictions for %d spots x %d genes (`layers[%r]`, `tables[%r]`) and embeddings",
-        len(pred),
-        len(model.genes),
-        keys.layer,
-        keys.table,
-    )
+    write_predictions(sdata, slide, result, inference, graph, keys=keys, bounds=bounds, reliable_pcc=reliable_pcc)
     return None
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse as sp
 
 from .._data import PatchGeometry, SlideLayout, as_spatialdata, slide_layout
 from .._data._genes import counts_matrix, niche_mean
+from .._data._target import on_target_scale, target_counts
 
 if TYPE_CHECKING:
+    import scipy.sparse
     from anndata import AnnData
     from spatialdata import SpatialData
 
@@ -51,7 +52,6 @@ def load_slide(
     image_key: str | None,
     shapes_key: str | None,
     microns_per_pixel: float | None,
-    name: str | None = None,
 ) -> SlideInput:
     """Resolve a slide's elements and geometry."""
     sdata = as_spatialdata(data)
@@ -63,7 +63,7 @@ def load_slide(
         microns_per_pixel=microns_per_pixel,
     )
     table = sdata.tables[layout.elements.table_key]
-    return SlideInput(name or layout.elements.shapes_key, sdata, layout, table)
+    return SlideInput(layout.elements.shapes_key, sdata, layout, table)
 
 
 def check_counts(slide: SlideInput, layer: str | None) -> None:
@@ -90,14 +90,19 @@ def check_spots(slides: list[SlideInput], rows: list[np.ndarray]) -> None:
     if total < 2:
         per_slide = {s.name: len(r) for s, r in zip(slides, rows, strict=True)}
         msg = (
-            f"Expected at least 2 spots with counts of the model genes to train on, found {total} ({per_slide}). "
+            f"Training needs at least 2 spots with counts of the model genes, found {total} ({per_slide}). "
             "Train on more spots or slides, or choose other `genes=`."
         )
         raise ValueError(msg)
 
 
 def slide_gene_arrays(
-    slide: SlideInput, genes: list[str], config: HyperSTConfig, *, layer: str | None, connectivities: sp.spmatrix
+    slide: SlideInput,
+    genes: list[str],
+    config: HyperSTConfig,
+    *,
+    layer: str | None,
+    connectivities: scipy.sparse.spmatrix,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spot gene input, niche gene input and target for the model's genes, from raw counts.
 
@@ -113,13 +118,9 @@ def slide_gene_arrays(
             f"`{slide.layout.elements.table_key!r}` of slide `{slide.name}` (e.g. {missing[:5]})."
         )
         raise KeyError(msg)
-    sel = counts[:, cols]
-    if config.target == "log2_cp10k":
-        lib = np.asarray(counts.sum(1)).ravel().astype(np.float32)
-        sel = sp.diags(1e4 / np.maximum(lib, 1.0)).astype(np.float32) @ sel
-    spot = np.log2(1.0 + sel.toarray().astype(np.float32))
-    niche = np.log2(1.0 + niche_mean(sel, connectivities))
-    return spot, niche, spot.copy()
+    sel = target_counts(counts, cols, config.target)
+    spot = on_target_scale(sel)
+    return spot, on_target_scale(niche_mean(sel, connectivities)), spot.copy()
 
 
 def geometry_from(config: HyperSTConfig) -> PatchGeometry:

@@ -3,8 +3,8 @@
 At fit time, :func:`calibration` turns the held-out (validation) residuals into per-gene quantiles and
 :func:`reference_qc` summarises what the model saw (pixel size, stain, image features, embedding radius). At
 predict time, :func:`conformal_bounds` turns those into per-spot, per-gene bounds and :func:`domain_qc`
-compares the new slide with the reference. Everything stored is JSON-friendly (it lives in
-``HyperST.training``).
+compares the new slide with the reference. Everything stored is JSON-friendly (it lives in the model's
+:class:`~hyperst._records.TrainingRecord`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from .._records import TrainingRecord
     from ._prepare import SlideInput
 
 __all__ = [
@@ -164,7 +165,7 @@ def reference_qc(
 
 
 def domain_qc(
-    training: dict[str, Any],
+    training: TrainingRecord,
     slide: SlideInput,
     feature_dist: np.ndarray,
     radius: np.ndarray | None,
@@ -176,12 +177,12 @@ def domain_qc(
     ``{"checks": {name: {"value", "expected", "ok"}}, "ok": bool}``, for ``uns["hyperst"]["qc"]``. Models
     saved before the reference existed get the pixel-size check only.
     """
-    ref = training.get("qc", {})
+    ref = training.qc
     checks: dict[str, dict[str, Any]] = {}
-    mpps = list(training.get("microns_per_pixel", {}).values())
-    if mpps:
+    mpps = training.microns_per_pixel_range
+    if mpps is not None:
         mpp = float(slide.layout.microns_per_pixel)
-        lo, hi = min(mpps) / _MPP_FACTOR, max(mpps) * _MPP_FACTOR
+        lo, hi = mpps[0] / _MPP_FACTOR, mpps[1] * _MPP_FACTOR
         checks["microns_per_pixel"] = {"value": mpp, "expected": [lo, hi], "ok": bool(lo <= mpp <= hi)}
     if "stain_od" in ref and ref["stain_od"]:
         od = np.asarray(stain_od(slide))
@@ -208,7 +209,7 @@ def domain_qc(
         for name in failed:
             c = checks[name]
             if name == "microns_per_pixel":
-                lines.append(f"pixel size {c['value']:.3f} µm/px, trained on {min(mpps):.3f}-{max(mpps):.3f}")
+                lines.append(f"pixel size {c['value']:.3f} µm/px, trained on {mpps[0]:.3f}-{mpps[1]:.3f}")
             elif name == "stain_od":
                 lines.append(f"stain colour differs by {c['relative_difference']:.0%} from the closest training slide")
             elif name == "feature_distance":
