@@ -26,6 +26,7 @@ import torch
 import hyperst as hst
 from conftest import hex_centres, make_slide
 from hyperst._cli import main
+from hyperst._model_files import write_manifest
 from test_io import _edit_config, _tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -563,7 +564,7 @@ def _evaluate_negative_counts(s, model, tmp_path):
 
 
 # --- model files
-@case(ValueError, r"weights\.safetensors` does not match the checksum .*truncated.*Copy the model folder again")
+@case(ValueError, r"`weights\.safetensors` in .* does not match its sha256 in `manifest\.json`.*Copy the model folder")
 def _truncated_weights(s, model, tmp_path):
     folder = _saved(model, tmp_path)
     file = folder / "weights.safetensors"
@@ -579,11 +580,20 @@ def _corrupted_weights_without_checksum(s, model, tmp_path):
     return _load_and_predict(s, folder)
 
 
-@case(ValueError, r"config\.json` is not valid JSON .*the model folder is corrupt\. Copy the model folder again")
+@case(ValueError, r"`config\.json` in .* does not match its sha256 in `manifest\.json`.*Copy the model folder")
 def _truncated_config(s, model, tmp_path):
     folder = _saved(model, tmp_path)
     text = (folder / "config.json").read_text()
     (folder / "config.json").write_text(text[: len(text) // 2])
+    return _load_and_predict(s, folder)
+
+
+@case(ValueError, r"config\.json` is not valid JSON .*the model folder is corrupt\. Copy the model folder again")
+def _truncated_config_behind_a_new_manifest(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    text = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(text[: len(text) // 2])
+    write_manifest(folder)
     return _load_and_predict(s, folder)
 
 
@@ -697,7 +707,7 @@ CLI_CASES = [
         ["predict", "{root}/not_a_store", "--model", "{root}/model"], "not a readable SpatialData", id="no-store"
     ),
     pytest.param(
-        ["predict", "{root}/slide.zarr", "--model", "{root}/broken"], "truncated or was modified", id="broken-model"
+        ["predict", "{root}/slide.zarr", "--model", "{root}/broken"], "was modified or damaged", id="broken-model"
     ),
     pytest.param(["predict", "{root}/slide.zarr", "--model", "{root}/nowhere"], "No hyperst model at", id="no-model"),
     pytest.param(
@@ -776,7 +786,10 @@ def test_genes_missing_at_predict_time_are_still_predicted(sdata, model, caplog)
 def test_a_slide_at_another_pixel_size_is_predicted_with_a_warning(model):
     sdata = _visium(mpp=0.5)  # the model was trained at 1 µm/px: patches stay 112 µm, so this is a 224 px crop
     before = fingerprint(sdata)
-    with pytest.warns(UserWarning, match=r"pixel size 0\.500 µm/px, trained on 1\.000-1\.000"):
+    msg = (
+        r"pixel size 0\.500 µm/px, outside the accepted 0\.667-1\.500 µm/px \(the training slides. 1\.000-1\.000 µm/px"
+    )
+    with pytest.warns(UserWarning, match=msg):
         result = hst.tl.predict(sdata, model, inplace=False, cache=False)
     assert fingerprint(sdata) == before
     prov = result.uns["hyperst"]
@@ -807,3 +820,62 @@ def test_tile_reads_rgba_and_float_images_by_their_rgb_channels(sdata):
         counts.append(table.n_obs)
         assert len(circles) == table.n_obs
     assert counts[0] > 0 and counts[1] == counts[0] and counts[2] == counts[0]  # saturation ignores the scale
+
+
+# ------------------------------------------------------------------ a "pass X=" hint works as written
+def _counts_moved_to_a_layer(s, *, x_none: bool) -> None:
+    table = s.tables[TABLE]
+    table.layers["counts"] = table.X.copy()
+    if x_none:
+        table.X = None
+    else:
+        table.X[:] = 0
+
+
+def _irregular(s) -> None:
+    from shapely.geometry import Point
+
+    gdf = s.shapes[SHAPES]
+    xy = np.random.default_rng(0).uniform(300, 600, size=(len(gdf), 2))
+    gdf["geometry"] = [Point(x, y) for x, y in xy]
+
+
+HINTS = [  # (prepare the slide, call, the option the message suggests, its value)
+    pytest.param(
+        lambda s: s.images.__setitem__("other", _image(_pixels(s).copy())),
+        "predict",
+        "image_key",
+        "sample_1_full_image",
+        id="image_key",
+    ),
+    pytest.param(
+        lambda s: s.tables.__setitem__("table2", s.tables[TABLE].copy()), "fit", "table_key", TABLE, id="table_key"
+    ),
+    pytest.param(lambda s: _counts_moved_to_a_layer(s, x_none=True), "fit", "layer", "counts", id="layer-X-none"),
+    pytest.param(lambda s: _counts_moved_to_a_layer(s, x_none=False), "fit", "layer", "counts", id="layer-zeros"),
+    pytest.param(lambda s: None, "fit-layer-counts", "layer", None, id="layer-None"),
+    pytest.param(_irregular, "predict", "microns_per_pixel", 1.0, id="microns_per_pixel"),
+]
+
+
+@pytest.mark.parametrize(("prepare", "call", "option", "value"), HINTS)
+def test_the_option_a_message_suggests_works(prepare, call, option, value, sdata, model):
+    prepare(sdata)
+    run = {
+        "predict": lambda **kw: hst.tl.predict(sdata, model, cache=False, **kw),
+        "fit": lambda **kw: hst.tl.fit(sdata, **{**FIT, **FIT_SMALL, **kw}),
+        "fit-layer-counts": lambda **kw: hst.tl.fit(sdata, **{**FIT, **FIT_SMALL, "layer": "counts", **kw}),
+    }[call]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises((ValueError, KeyError), match=rf"[Pp]ass `{option}="):
+            run()
+        run(**{option: value})  # the suggested call, as the message words it, goes through
+
+
+def test_overwrite_hint_works(tmp_path):
+    path = _tiny().save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match=r"Pass `overwrite=True`"):
+        _tiny(1).save(path, overwrite=False)
+    _tiny(1).save(path, overwrite=True)
+    assert hst.HyperST.load(path).fingerprint() == _tiny(1).fingerprint()

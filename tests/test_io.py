@@ -15,6 +15,7 @@ import torch
 
 import hyperst as hst
 from hyperst._data import slide_layout
+from hyperst._model_files import write_manifest
 from hyperst._records import EncoderRecord, TrainingRecord
 from hyperst.nn import HyperSTModule, ModuleConfig
 
@@ -105,13 +106,14 @@ def _edit_config(folder, **changes) -> None:
         else:
             meta[k] = v
     file.write_text(json.dumps(meta))
+    write_manifest(folder)  # a consistent folder, as if saved so: the checks behind the manifest are reached
 
 
 # ------------------------------------------------------------------ round trips
 def test_squidpy_model_round_trip_predicts_identically(squidpy_model, new_slide, io_cache, tmp_path):
     before = hst.tl.predict(new_slide, squidpy_model, inplace=False, cache=io_cache)
     path = squidpy_model.save(tmp_path / "model")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "weights.safetensors"]
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
     loaded = hst.HyperST.load(path)
     _assert_same_model(squidpy_model, loaded)
     assert loaded.encoder.state is None
@@ -285,9 +287,13 @@ def test_load_refuses_a_missing_model(tmp_path, saved):
 
 def test_load_refuses_a_config_that_is_not_json(saved):
     (saved / "config.json").write_bytes(b"\x80PK\x03\x04 not json")
+    with pytest.raises(ValueError, match=r"`config\.json` in .* does not match its sha256 in `manifest\.json`"):
+        hst.HyperST.load(saved)
+    write_manifest(saved)
     with pytest.raises(ValueError, match="is not valid JSON"):
         hst.HyperST.load(saved)
     (saved / "config.json").write_text('{"format": "hyperst-model", ')
+    write_manifest(saved)
     with pytest.raises(ValueError, match="is not valid JSON"):
         hst.HyperST.load(saved)
 
@@ -295,6 +301,7 @@ def test_load_refuses_a_config_that_is_not_json(saved):
 @pytest.mark.parametrize("content", ['{"model_type": "bert", "hidden_size": 768}', "[1, 2, 3]", '"hyperst-model"'])
 def test_load_refuses_foreign_json(saved, content):
     (saved / "config.json").write_text(content)
+    write_manifest(saved)
     with pytest.raises(ValueError, match=r"is not a hyperst model file \(no `format: 'hyperst-model'`\)"):
         hst.HyperST.load(saved)
 
@@ -309,6 +316,10 @@ def test_load_refuses_a_format_from_the_future(saved):
 def test_load_refuses_truncated_weights(saved):
     file = saved / "weights.safetensors"
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(ValueError, match=r"`weights\.safetensors` in .* does not match its sha256 in `manifest"):
+        hst.HyperST.load(saved)
+    # behind a manifest that vouches for the truncated file, the checksum in config.json still refuses it
+    write_manifest(saved)
     with pytest.raises(ValueError, match="does not match the checksum in `config.json`"):
         hst.HyperST.load(saved)
     # without the checksum, safetensors itself refuses the file
@@ -322,7 +333,7 @@ def test_load_refuses_modified_weights(saved):
     data = bytearray(file.read_bytes())
     data[-1] ^= 0x01  # one bit of one weight
     file.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="truncated or was modified"):
+    with pytest.raises(ValueError, match="was modified or damaged after the model was saved"):
         hst.HyperST.load(saved)
 
 
@@ -419,6 +430,10 @@ def test_spatialdata_write_read_keeps_hyperst_outputs(squidpy_model, new_slide, 
 def test_repr_and_curvature(squidpy_model):
     text = repr(squidpy_model)
     assert "20 genes" in text and "encoder='squidpy'" in text and "curv=" in text
+    # the held-out run and the refit are both named: their epoch counts differ
+    training = squidpy_model.training
+    assert f"epochs={len(squidpy_model.history)}, best_epoch={training.best_epoch}" in text
+    assert training.refit_epochs is not None and f"refit_epochs={training.refit_epochs}" in text
     assert 0.1 <= squidpy_model.curvature <= 10
     tiny = _tiny()
     assert repr(tiny).startswith("HyperST(3 genes, encoder='squidpy'") and "curv=1" in repr(tiny)
@@ -494,3 +509,88 @@ def test_format_1_encoder_specs_read_as_records(encoder, expected):
     for key, value in expected.items():
         assert getattr(record, key) == value, key
     assert TrainingRecord.from_dict(meta["training"]).best_epoch == 3
+
+
+# ------------------------------------------------------------------ the manifest covers every file
+def test_manifest_lists_every_file_of_the_folder(saved, tmp_path):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["config.json", "weights.safetensors"]
+    model = _tiny()
+    model.encoder = EncoderRecord(name="squidpy", n_features=12, state={"w": torch.ones(2)})
+    with_encoder = model.save(tmp_path / "enc")
+    assert sorted(json.loads((with_encoder / "manifest.json").read_text())["files"]) == [
+        "config.json",
+        "encoder.safetensors",
+        "weights.safetensors",
+    ]
+
+
+def test_a_changed_config_is_refused_naming_the_file(saved):
+    # one character of config.json changed in place, as a bit flip would: the training pixel size 1.0 -> 1.5
+    text = (saved / "config.json").read_text()
+    assert text.count('"s0": 1.0') == 1
+    (saved / "config.json").write_text(text.replace('"s0": 1.0', '"s0": 1.5'))
+    with pytest.raises(ValueError, match=r"`config\.json` in .* does not match its sha256 in `manifest\.json`"):
+        hst.HyperST.load(saved)
+
+
+def test_a_reversed_gene_list_is_refused(saved):
+    meta = json.loads((saved / "config.json").read_text())
+    meta["genes"] = meta["genes"][::-1]  # same length: the architecture still fits, the names would be wrong
+    (saved / "config.json").write_text(json.dumps(meta, indent=1))
+    with pytest.raises(ValueError, match=r"`config\.json` .* was modified or damaged"):
+        hst.HyperST.load(saved)
+
+
+def test_a_changed_manifest_is_refused(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"]["config.json"] = "0" * 64
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"`.*manifest\.json` is damaged or was modified"):
+        hst.HyperST.load(saved)
+    (saved / "manifest.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"`.*manifest\.json` is damaged or was modified"):
+        hst.HyperST.load(saved)
+
+
+def test_a_missing_listed_file_is_refused_naming_it(saved):
+    (saved / "weights.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"`weights\.safetensors` not found in .*`manifest\.json` lists it"):
+        hst.HyperST.load(saved)
+
+
+def test_a_current_folder_without_its_manifest_is_refused(saved):
+    (saved / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"`.*manifest\.json` not found: the model folder is incomplete"):
+        hst.HyperST.load(saved)
+
+
+def test_extra_files_are_not_read_and_are_named(saved, caplog):
+    (saved / "notes.txt").write_text("trained on run 7")
+    (saved / "weights.pt").write_bytes(b"never opened")
+    with caplog.at_level("WARNING", logger="hyperst"):
+        model = hst.HyperST.load(saved)
+    _assert_same_model(_tiny(), model)
+    assert "['notes.txt', 'weights.pt'], which are not part of the model and are not read" in caplog.text
+
+
+def test_symlinked_files_are_read_when_their_content_matches(saved, tmp_path):
+    # git-annex and DVC leave files as links into a store: the content is what the manifest checks
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("config.json", "weights.safetensors"):
+        (saved / name).rename(store / name)
+        (saved / name).symlink_to(store / name)
+    _assert_same_model(_tiny(), hst.HyperST.load(saved))
+    other = _tiny(5).save(tmp_path / "other")
+    (saved / "weights.safetensors").unlink()
+    (saved / "weights.safetensors").symlink_to(other / "weights.safetensors")  # a link to other weights
+    with pytest.raises(ValueError, match=r"`weights\.safetensors` in .* does not match its sha256"):
+        hst.HyperST.load(saved)
+
+
+def test_a_format_1_folder_loads_with_a_note_that_config_is_unchecked(caplog):
+    with caplog.at_level("WARNING", logger="hyperst"):
+        hst.HyperST.load(V1 / "model_v1")
+    assert "without a manifest: changes to `config.json` cannot be detected" in caplog.text
+    assert "HyperST.load(path).save(path)" in caplog.text

@@ -2,7 +2,8 @@
 
 A model folder holds ``config.json`` (everything but tensors) and ``weights.safetensors`` (the module), plus
 ``encoder.safetensors`` when the image encoder cannot be rebuilt from its name (random, local-file, custom or
-fine-tuned weights). Loading never unpickles: safetensors only.
+fine-tuned weights), and ``manifest.json``: the sha256 of each of those files and a digest of that list, so
+that a change to any byte of any file is refused, naming the file. Loading never unpickles: safetensors only.
 
 Format versions: 2 stores the typed :class:`~hyperst._records.EncoderRecord` and
 :class:`~hyperst._records.TrainingRecord`; files of version 1 (hyperst before the records) are read through
@@ -20,24 +21,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ._config import HyperSTConfig
+from ._model_files import (
+    CONFIG,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    RECOPY,
+    WEIGHTS,
+    check_manifest,
+    check_unsigned,
+    json_default,
+    read_state,
+    remove_path,
+    replaceable,
+    write_manifest,
+)
 from ._records import EncoderRecord, TrainingRecord
 from ._utils import file_sha256, state_fingerprint
 from ._version import __version__
 from .nn import HyperSTModule
 
-__all__ = ["HyperST"]
+__all__ = ["FORMAT_VERSION", "HyperST"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT = "hyperst-model"
-FORMAT_VERSION = 2
-_CONFIG, _WEIGHTS, _ENCODER = "config.json", "weights.safetensors", "encoder.safetensors"
-#: Fix-it sentence for a damaged model folder.
-_RECOPY = "Copy the model folder again from where it was saved, or save the model again with `HyperST.save`."
 
 
 def _from_v1(meta: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +110,10 @@ class HyperST:
             f"HyperST({len(self.genes)} genes, encoder={self.encoder.name!r}, "
             f"embed_dim={self.config.module.embed_dim}, geometry={self.config.module.geometry!r}"
             + (f", curv={curv:.3g}" if curv is not None else "")
-            + f", epochs={len(self.history)})"
+            + f", epochs={len(self.history)}"
+            + (f", best_epoch={self.training.best_epoch}" if self.training.best_epoch >= 0 else "")
+            + (f", refit_epochs={self.training.refit_epochs}" if self.training.refit_epochs is not None else "")
+            + ")"
         )
 
     @property
@@ -159,9 +171,9 @@ class HyperST:
             if not overwrite:
                 msg = f"`{path}` exists. Pass `overwrite=True` or choose another folder."
                 raise FileExistsError(msg)
-            if not _replaceable(path):
+            if not replaceable(path):
                 msg = (
-                    f"`{path}` is not a hyperst model folder (no `{_CONFIG}` with `format: {FORMAT!r}`) and not "
+                    f"`{path}` is not a hyperst model folder (no `{CONFIG}` with `format: {FORMAT!r}`) and not "
                     "empty; it is left untouched. Choose another folder."
                 )
                 raise FileExistsError(msg)
@@ -172,14 +184,15 @@ class HyperST:
         old = None
         try:
             state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-            save_file(state, str(tmp / _WEIGHTS))
+            save_file(state, str(tmp / WEIGHTS))
             meta = self._metadata()
-            meta["weights_sha256"] = file_sha256(tmp / _WEIGHTS)
+            meta["weights_sha256"] = file_sha256(tmp / WEIGHTS)
             if self.encoder.state is not None:
                 enc = {k: v.detach().cpu().contiguous() for k, v in self.encoder.state.items()}
-                save_file(enc, str(tmp / _ENCODER))
-                meta["encoder_sha256"] = file_sha256(tmp / _ENCODER)
-            (tmp / _CONFIG).write_text(json.dumps(meta, indent=1, default=_json_default))
+                save_file(enc, str(tmp / ENCODER))
+                meta["encoder_sha256"] = file_sha256(tmp / ENCODER)
+            (tmp / CONFIG).write_text(json.dumps(meta, indent=1, default=json_default))
+            write_manifest(tmp)
             if path.exists() or path.is_symlink():
                 old = path.with_name(f".{path.name}.old-{token}")
                 os.replace(path, old)
@@ -192,7 +205,7 @@ class HyperST:
             raise
         finally:
             if old is not None:
-                _remove(old)
+                remove_path(old)
         logger.info("Saved model to `%s`", path)
         return path
 
@@ -219,20 +232,21 @@ class HyperST:
             If the files are corrupt, foreign, or from an incompatible hyperst version.
         """
         path = Path(path)
-        cfg_file = path / _CONFIG
+        cfg_file = path / CONFIG
+        signed = check_manifest(path)
         if not cfg_file.is_file():
             if not path.exists():
                 why = "the folder does not exist"
             elif path.is_file():
                 why = "it is a file, not a model folder"
             else:
-                why = f"`{_CONFIG}` not found"
-            msg = f"No hyperst model at `{path}`: {why}. Pass the folder written by `HyperST.save` (with `{_CONFIG}`)."
+                why = f"`{CONFIG}` not found"
+            msg = f"No hyperst model at `{path}`: {why}. Pass the folder written by `HyperST.save` (with `{CONFIG}`)."
             raise FileNotFoundError(msg)
         try:
             meta = json.loads(cfg_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            msg = f"`{cfg_file}` is not valid JSON ({err}); the model folder is corrupt. {_RECOPY}"
+            msg = f"`{cfg_file}` is not valid JSON ({err}); the model folder is corrupt. {RECOPY}"
             raise ValueError(msg) from err
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             msg = (
@@ -241,6 +255,8 @@ class HyperST:
             )
             raise ValueError(msg)
         version = meta.get("format_version")
+        if not signed:
+            check_unsigned(path, version, meta.get("hyperst_version", "?"))
         while version in _MIGRATIONS:
             meta = _MIGRATIONS[version](meta)
             version = meta["format_version"]
@@ -259,23 +275,23 @@ class HyperST:
             training = TrainingRecord.from_dict(meta.get("training", {}))
             encoder_data = dict(meta["encoder"])
         except (KeyError, TypeError, ValueError) as err:
-            msg = f"`{cfg_file}` does not describe a valid model ({type(err).__name__}: {err}). {_RECOPY}"
+            msg = f"`{cfg_file}` does not describe a valid model ({type(err).__name__}: {err}). {RECOPY}"
             raise ValueError(msg) from err
-        state = _read_state(path, _WEIGHTS, meta.get("weights_sha256"))
+        state = read_state(path, WEIGHTS, meta.get("weights_sha256"))
         try:
             module.load_state_dict(state)
         except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
             detail = " ".join(line.strip() for line in str(err).splitlines())  # one line, for the CLI
-            msg = f"The weights in `{path}` do not fit the architecture described in `{_CONFIG}` ({detail}). {_RECOPY}"
+            msg = f"The weights in `{path}` do not fit the architecture described in `{CONFIG}` ({detail}). {RECOPY}"
             raise ValueError(msg) from err
         module.eval()
         # a recorded encoder file is required: without it a random-weight encoder would be silently redrawn
-        has_encoder = meta.get("encoder_sha256") is not None or (path / _ENCODER).exists()
-        enc_state = _read_state(path, _ENCODER, meta.get("encoder_sha256")) if has_encoder else None
+        has_encoder = meta.get("encoder_sha256") is not None or (path / ENCODER).exists()
+        enc_state = read_state(path, ENCODER, meta.get("encoder_sha256")) if has_encoder else None
         try:
             record = EncoderRecord.from_dict(encoder_data, state=enc_state, module=encoder)
         except (KeyError, TypeError, ValueError) as err:
-            msg = f"`{cfg_file}` does not describe a valid encoder ({type(err).__name__}: {err}). {_RECOPY}"
+            msg = f"`{cfg_file}` does not describe a valid encoder ({type(err).__name__}: {err}). {RECOPY}"
             raise ValueError(msg) from err
         return cls(
             module=module,
@@ -289,54 +305,3 @@ class HyperST:
     def fingerprint(self) -> str:
         """Short sha256 of the module weights (provenance in ``uns``)."""
         return state_fingerprint(self.module.state_dict())
-
-
-def _replaceable(path: Path) -> bool:
-    """Whether ``save`` may replace ``path``: an empty folder or a hyperst model folder."""
-    if not path.is_dir():
-        return False
-    if not any(path.iterdir()):
-        return True
-    try:
-        meta = json.loads((path / _CONFIG).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, torch.Tensor]:
-    file = path / name
-    if file.exists():
-        if expected_sha is not None and file_sha256(file) != expected_sha:
-            msg = (
-                f"`{file}` does not match the checksum in `{_CONFIG}`: the file is truncated or was modified. {_RECOPY}"
-            )
-            raise ValueError(msg)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as err:
-            msg = f"`{file}` is not a readable safetensors file ({err}). {_RECOPY}"
-            raise ValueError(msg) from err
-    msg = f"No weights in `{path}`: `{name}` not found. {_RECOPY}"
-    raise FileNotFoundError(msg)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    msg = f"Cannot store {type(obj).__name__} in config.json"
-    raise TypeError(msg)
