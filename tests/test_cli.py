@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -51,7 +52,7 @@ def test_unknown_command_is_refused():
     assert exc.value.code == 2
 
 
-def test_fit_predict_evaluate_on_zarr_stores(tmp_path, capsys):
+def test_fit_predict_evaluate_on_zarr_stores(tmp_path, capsys, caplog):
     import spatialdata as sd
 
     import hyperst as hst
@@ -76,9 +77,15 @@ def test_fit_predict_evaluate_on_zarr_stores(tmp_path, capsys):
     assert main(["predict", paths[2], "--model", str(model_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     csv = tmp_path / "scores.csv"
-    assert main(["evaluate", paths[2], "--csv", str(csv)]) == 0
-    text = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hyperst"):
+        assert main(["evaluate", paths[2], "--csv", str(csv)]) == 0
+    captured = capsys.readouterr()
+    text = captured.out
     assert "pcc_mean" in text and "pcc_at_10" in text
+    # 15 genes: PCC@50 and PCC@200 would be the mean over all 15, so they are not shown as if they were
+    assert re.search(r"pcc_at_50 +n/a +\(only 15 genes\)", text) and re.search(r"pcc_at_200 +n/a", text)
+    assert "is not modified" in text and "Adding" not in caplog.text  # it says what it writes, and only that
     import pandas as pd
 
     scores = pd.read_csv(csv, index_col=0)

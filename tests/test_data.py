@@ -175,6 +175,15 @@ def test_legacy_anndata_is_converted():
     assert layout.microns_per_pixel == pytest.approx(1.0)  # 55 µm spot over 55 hires px
     with pytest.raises(ValueError, match="legacy Visium layout"):
         as_spatialdata(ad.AnnData(np.ones((3, 2), dtype=np.float32)))
+    # fit and predict read slides through load_slide: it names the library, the image, its size and pixel size
+    from hyperst.tl._prepare import load_slide
+
+    msg = (
+        r"library `lib` holds only the reduced-resolution images .* uses `lib_hires` \(800 x 800 px, "
+        r"1\.00 µm/px\), not the full-resolution scan.*spatialdata_io\.visium\(path, fullres_image_file=\.\.\.\)"
+    )
+    with pytest.warns(UserWarning, match=msg):
+        load_slide(adata, table_key=None, image_key=None, shapes_key=None, microns_per_pixel=None)
 
 
 # ---------------------------------------------------------------- patches

@@ -171,3 +171,37 @@ def test_the_rules_see_violations(tmp_path, monkeypatch):
         with pytest.raises(AssertionError):
             rule(bad)
     _tree.cache_clear()
+
+
+#: "Pass `name=`" in a message: the option it suggests.
+HINT = re.compile(r"[Pp]ass `(\w+)=")
+
+
+def _public_parameters() -> set[str]:
+    """Every keyword a user can pass: public functions' parameters and the config fields ``fit`` takes."""
+    import dataclasses
+    import inspect
+
+    import hyperst as hst
+
+    names: set[str] = set()
+    callables = [getattr(m, n) for m in (hst.pp, hst.tl, hst.pl, hst.datasets, hst.nn) for n in m.__all__]
+    callables += [hst.HyperST.load, hst.HyperST.save]
+    for obj in callables:
+        if callable(obj) and not dataclasses.is_dataclass(obj):
+            names |= set(inspect.signature(obj).parameters)
+    for cls in (hst.HyperSTConfig, hst.nn.ModuleConfig):
+        names |= {f.name for f in dataclasses.fields(cls)}
+    return names
+
+
+def test_every_pass_this_hint_names_an_option_that_exists():
+    known = _public_parameters()
+    wrong = [
+        f"{_name(path)} line {line}: `{hint}=`"
+        for path in MODULES
+        for line, text in _strings(path)
+        for hint in HINT.findall(text)
+        if hint not in known
+    ]
+    assert not wrong, f"messages suggest options no public function takes: {wrong}"

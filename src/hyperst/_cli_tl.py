@@ -130,13 +130,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     layer[np.ix_(rows, cols[keep])] = np.asarray(pred.X)[:, keep]
     table.layers[keys.layer] = layer
     target = pred.uns.get(keys.uns, {}).get(Provenance.target, TARGETS[0])
-    scores = hst.tl.evaluate(table, layer=keys.layer, target=target, key_added=args.key_added)
+    from hyperst._utils import quiet_loggers
+
+    with quiet_loggers("hyperst"):  # its "Adding ..." names the in-memory copy, which is not written back
+        scores = hst.tl.evaluate(table, layer=keys.layer, target=target, key_added=args.key_added)
     metrics = table.uns[keys.uns][Provenance.metrics]
+    n_genes = len(scores)
     print(f"{'metric':<12}{'pooled':>10}")
     for key in ("pcc_mean", "pcc_at_10", "pcc_at_50", "pcc_at_200", "mse", "mae"):
-        if key in metrics:
+        if key not in metrics:
+            continue
+        k = int(key.rsplit("_", 1)[1]) if key.startswith("pcc_at_") else 0
+        if k > n_genes:  # the mean over all genes, not over the best k: not the metric its name says
+            print(f"{key:<12}{'n/a':>10}  (only {n_genes} genes)")
+        else:
             print(f"{key:<12}{metrics[key]['pooled']:>10.3f}")
-    print(f"Best genes: {', '.join(scores.index[:5])}; {len(scores)} genes evaluated ({target} target).")
+    print(f"Best genes: {', '.join(scores.index[:5])}; {n_genes} genes evaluated ({target} target).")
+    print(f"`{args.slide}` is not modified" + ("." if args.csv else "; pass `--csv` to keep the per-gene scores."))
     if args.csv:
         scores.to_csv(args.csv)
         print(f"Wrote per-gene scores to {args.csv}.")

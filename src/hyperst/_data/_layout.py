@@ -277,8 +277,8 @@ def slide_layout(
         else:
             msg = (
                 f"Cannot derive the pixel size of image `{el.image_key!r}`: the spots of `{el.shapes_key!r}` lie on "
-                "neither a hexagonal (Visium) nor a square (legacy ST) grid. Pass `microns_per_pixel=` "
-                "(or `spot_diameter_um=`)."
+                "neither a hexagonal (Visium) nor a square (legacy ST) grid. Pass `microns_per_pixel=` (the "
+                "full-resolution pixel size, e.g. 0.25 for a 40x scan) to `hyperst.tl.fit` / `hyperst.tl.predict`."
             )
             raise ValueError(msg)
         usable = np.isfinite(diam_um) and np.isfinite(diameter_px) and diameter_px > 0

@@ -63,7 +63,25 @@ def load_slide(
         microns_per_pixel=microns_per_pixel,
     )
     table = sdata.tables[layout.elements.table_key]
+    if sdata is not data:  # a legacy AnnData: it carries the hires and lowres images only
+        _warn_legacy_image(data, layout)
     return SlideInput(layout.elements.shapes_key, sdata, layout, table)
+
+
+def _warn_legacy_image(adata: AnnData, layout: SlideLayout) -> None:
+    """Say which image of a legacy AnnData is used, at what pixel size, and how to give the full resolution."""
+    import warnings
+
+    libraries = sorted(adata.uns.get("spatial", {}))
+    h, w = layout.image_shape
+    msg = (
+        f"The AnnData of library {', '.join(f'`{k}`' for k in libraries)} holds only the reduced-resolution images "
+        f"of its legacy `uns['spatial']` layout: hyperst uses `{layout.elements.image_key}` ({w} x {h} px, "
+        f"{layout.microns_per_pixel:.2f} µm/px), not the full-resolution scan. Predictions from it are less "
+        "accurate. For the full resolution, read the slide with `spatialdata_io.visium(path, "
+        "fullres_image_file=...)` (or add the full-resolution image to a SpatialData) and pass that."
+    )
+    warnings.warn(msg, UserWarning, stacklevel=4)
 
 
 def check_counts(slide: SlideInput, layer: str | None) -> None:

@@ -209,7 +209,11 @@ def domain_qc(
         for name in failed:
             c = checks[name]
             if name == "microns_per_pixel":
-                lines.append(f"pixel size {c['value']:.3f} µm/px, trained on {mpps[0]:.3f}-{mpps[1]:.3f}")
+                lo, hi = c["expected"]
+                lines.append(
+                    f"pixel size {c['value']:.3f} µm/px, outside the accepted {lo:.3f}-{hi:.3f} µm/px (the "
+                    f"training slides' {mpps[0]:.3f}-{mpps[1]:.3f} µm/px, widened {_MPP_FACTOR:g}x either way)"
+                )
             elif name == "stain_od":
                 lines.append(f"stain colour differs by {c['relative_difference']:.0%} from the closest training slide")
             elif name == "feature_distance":
@@ -223,7 +227,8 @@ def domain_qc(
                     f"{c['expected'][0]:.2f}-{c['expected'][1]:.2f}"
                 )
         warnings.warn(
-            f"Slide `{slide.name}` is unlike the slides this model was trained on: "
+            f"Slide `{slide.name}` (image `{slide.layout.elements.image_key}`) is unlike the slides this model was "
+            "trained on: "
             + "; ".join(lines)
             + ". Expect less accurate predictions; details in `uns['hyperst']['qc']`.",
             UserWarning,
