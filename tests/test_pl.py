@@ -307,3 +307,20 @@ def test_show_true_shows_and_returns_none(sdata):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Agg cannot show
         assert hst.pl.gene_scores(sdata, show=True) is None
+
+
+def test_poincare_colours_genes_on_the_models_target_scale(sdata, table):
+    from hyperst._data._target import measured_expression
+
+    gene = table.var_names[int(np.flatnonzero(table.var["hyperst_predicted"])[0])]
+    before = _snapshot(sdata)
+    ax = hst.pl.poincare(sdata, color=gene, show=False)
+    points = next(c for c in ax.collections if isinstance(c, PathCollection))
+    col = table.var_names.get_indexer([gene])
+    expected = measured_expression(table, "t", None, "log2", col)[:, 0]
+    np.testing.assert_allclose(np.sort(points.get_array()), np.sort(expected), rtol=1e-6)  # not raw counts
+    assert points.colorbar.ax.get_ylabel() == "measured log2(1 + counts) (X)"
+    predicted = hst.pl.poincare(sdata, color=gene, layer="hyperst", show=False)
+    bar = next(c for c in predicted.collections if isinstance(c, PathCollection)).colorbar
+    assert bar.ax.get_ylabel() == "sdata.tables['table'].layers['hyperst']"
+    assert _snapshot(sdata) == before

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._constants import DEFAULT_KEY, Keys, Provenance
+from .._constants import DEFAULT_KEY, TARGET_LABELS, TARGETS, Keys, Provenance
+from .._data._target import measured_expression
 from .._docs import doc_params
-from .._validation import check_key, expected, key_not_found
+from .._validation import check_choice, check_key, expected, key_not_found
 from ._utils import finish, plot_table, resolve_table
 
 if TYPE_CHECKING:
@@ -45,6 +46,42 @@ def _stream_coords(table: AnnData, name: str, keys: Keys) -> dict[str, np.ndarra
     for key in streams.values():
         check_key(key, table.obsm, f"{name}.obsm", fix)
     return {s: np.asarray(table.obsm[k]) for s, k in streams.items() if s in _STREAM_STYLE}
+
+
+def _target(table: AnnData, keys: Keys) -> str:
+    store = table.uns.get(keys.uns)
+    target = store.get(Provenance.target, TARGETS[0]) if isinstance(store, dict) else TARGETS[0]
+    check_choice(target, "target", TARGETS)
+    return target
+
+
+def _gene_scale(table: AnnData, name: str, keys: Keys, layer: str | None, counts_layer: str | None) -> str:
+    """Return the colour-bar label of a gene: what its values are."""
+    if layer is not None:
+        return f"{name}.layers[{layer!r}]"
+    source = "X" if counts_layer is None else f"layers[{counts_layer!r}]"
+    return f"measured {TARGET_LABELS[_target(table, keys)]} ({source})"
+
+
+def _on_target_scale(
+    view: AnnData, table: AnnData, name: str, genes: list[str], keys: Keys, counts_layer: str | None
+) -> AnnData:
+    """``view`` restricted to ``genes``, with their measured expression on the target scale as ``X``."""
+    import anndata as ad
+
+    cols = table.var_names.get_indexer(genes)
+    values = measured_expression(table, name, counts_layer, _target(table, keys), cols)
+    out = ad.AnnData(X=values.astype(np.float32), obs=view.obs, var=view.var.iloc[cols].copy(), uns=view.uns)
+    for key, value in view.obsm.items():
+        out.obsm[key] = value
+    return out
+
+
+def _label_colorbar(ax: Axes, label: str) -> None:
+    for collection in ax.collections:
+        if getattr(collection, "colorbar", None) is not None:
+            collection.colorbar.set_label(label)
+            return
 
 
 def _hierarchy(ax: Axes, coords: dict[str, np.ndarray], n_lines: int) -> None:
@@ -101,6 +138,7 @@ def poincare(
     color: str | Sequence[str] | None = None,
     basis: str = DEFAULT_KEY,
     table_key: str | None = None,
+    counts_layer: str | None = None,
     hierarchy: bool = False,
     n_lines: int = 30,
     ax: Axes | None = None,
@@ -118,9 +156,15 @@ def poincare(
         An AnnData is used as the table itself.
     color
         Keys of ``obs`` or genes to colour by, as in :func:`scanpy.pl.embedding` (e.g. ``'hyperst_radius'``).
+        Genes are coloured by their measured expression on the model's target scale
+        (``uns['<basis>']['target']``, as :func:`hyperst.pl.spatial` shows it), and the colour bar says which; with
+        ``layer=`` (a :func:`scanpy.pl.embedding` argument, e.g. ``layer='hyperst'`` for the predictions), by
+        that layer as it is.
     basis
         Stem of the embedding: plots ``obsm['X_<basis>_poincare']``.
     {table_key}
+    counts_layer
+        Layer of raw counts for the measured expression of genes (``None``: ``X``).
     hierarchy
         Overlay, for ``n_lines`` spots spread from the centre to the rim, their spot and niche, image and gene
         embeddings, each child joined to its parent of the learned hierarchy (image ⊒ gene, spot ⊒ niche).
@@ -168,9 +212,16 @@ def poincare(
     coords = _stream_coords(table, name, keys) if hierarchy else None
 
     view = plot_table(table, [keys.poincare])
+    colors = [color] if isinstance(color, str) else list(color or [])
+    genes = [c for c in colors if c in table.var_names and c not in table.obs]
+    scale = _gene_scale(table, name, keys, kwargs.get("layer"), counts_layer) if genes else ""
+    if genes and kwargs.get("layer") is None:
+        view = _on_target_scale(view, table, name, genes, keys, counts_layer)
     axes = sc.pl.embedding(view, basis=keys.poincare.removeprefix("X_"), color=color, ax=ax, show=False, **kwargs)
     axes_list = axes if isinstance(axes, list) else [axes]
-    for a in axes_list:
+    for a, key in zip(axes_list, colors or [None] * len(axes_list), strict=False):
+        if key in genes:
+            _label_colorbar(a, scale)
         _disk(a)
         a.set_xlabel("Poincaré 1")
         a.set_ylabel("Poincaré 2")
