@@ -211,3 +211,20 @@ def test_registry_matches_shared_checksums(her2st_dir):
         assert reg.HER2ST_SHA256[files["spots"]] == sums[files["spots"]]
         assert reg.HER2ST_SHA256[files["image"]] == slides.loc[section, "image_sha256"]
         assert reg.HER2ST_IMAGE_NAMES[section] == slides.loc[section, "image_original"]
+
+
+def test_offline_download_failure_says_where_the_files_go(tmp_path, monkeypatch):
+    import requests
+
+    def no_network(self, url, output_file, pup, check_only=False):
+        msg = f"Failed to resolve host for {url}"
+        raise requests.exceptions.ConnectionError(msg)
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", no_network)
+    monkeypatch.setattr(her2st_module, "_RETRIES", 0)  # pooch's retries sleep between tries
+    cache = tmp_path / "cache"
+    names = list(reg.her2st_files("C3").values())
+    with pytest.raises(ConnectionError, match=r"Could not download .* of HER2ST section C3 \(ConnectionError") as info:
+        hst.datasets.her2st("C3", cache_dir=cache)
+    text = str(info.value)
+    assert f"`{cache}`" in text and all(f"`{n}`" in text for n in names) and "HYPERST_DATA_DIR" in text

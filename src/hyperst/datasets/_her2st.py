@@ -26,6 +26,7 @@ from ._registry import (
     HER2ST_COMMIT,
     HER2ST_IMAGE_NAMES,
     HER2ST_SHA256,
+    download_failed,
     her2st_files,
     her2st_registry,
     her2st_url,
@@ -104,6 +105,9 @@ def her2st(
     ------
     ValueError
         If a section is unknown or has no pinned checksum, or if a downloaded file's checksum does not match.
+    ConnectionError
+        If a file is neither in the cache nor downloadable; the message names the cache folder and the files that
+        make the section load offline.
 
     Notes
     -----
@@ -153,7 +157,16 @@ def _fetch(section: str, cache: Path, *, progress: bool) -> dict[str, Path]:
     registry, urls = her2st_registry()
     pup = pooch.create(path=cache, base_url="", registry=registry, urls=urls, retry_if_failed=_RETRIES)
     downloader = pooch.HTTPDownloader(progressbar=progress)
-    return {kind: Path(pup.fetch(fname, downloader=downloader)) for kind, fname in her2st_files(section).items()}
+    files = her2st_files(section)
+    out = {}
+    for kind, fname in files.items():
+        try:
+            out[kind] = Path(pup.fetch(fname, downloader=downloader))
+        except OSError as err:  # requests' connection errors are OSErrors; a checksum mismatch stays a ValueError
+            raise download_failed(
+                err, dataset=f"HER2ST section {section}", fname=fname, cache=cache, files=files.values()
+            ) from err
+    return out
 
 
 def _read_spots(path: Path) -> pd.DataFrame:

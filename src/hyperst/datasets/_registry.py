@@ -19,6 +19,9 @@ until their checksums are added to :data:`HER2ST_SHA256`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 __all__ = [
     "HER2ST_BASE_URL",
     "HER2ST_COMMIT",
@@ -27,6 +30,7 @@ __all__ = [
     "her2st_files",
     "her2st_registry",
     "her2st_url",
+    "download_failed",
     "her2st_verified_sections",
 ]
 
@@ -126,3 +130,14 @@ def her2st_registry() -> tuple[dict[str, str], dict[str, str]]:
     registry = {fname: f"sha256:{digest}" for fname, digest in HER2ST_SHA256.items()}
     urls = {fname: her2st_url(fname) for fname in HER2ST_SHA256}
     return registry, urls
+
+
+def download_failed(err: Exception, *, dataset: str, fname: str, cache: Path, files: Iterable[str]) -> OSError:
+    """Build the ``ConnectionError`` of a failed download: where the cache is and what makes it work offline."""
+    wanted = ", ".join(f"`{f}`" for f in files)
+    msg = (
+        f"Could not download `{fname}` of {dataset} ({type(err).__name__}: {err}). The files are read from the "
+        f"cache `{cache}`: to work offline, place {wanted} there (laid out as named; they are checked against their "
+        "pinned SHA-256), pass `cache_dir=` naming a folder that holds them, or set `HYPERST_DATA_DIR`."
+    )
+    return ConnectionError(msg)

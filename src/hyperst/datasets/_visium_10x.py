@@ -18,6 +18,7 @@ from .._constants import SPOT_DIAMETER_UM
 from .._settings import settings
 from .._validation import expected, raise_collected
 from ._images import image_element
+from ._registry import download_failed
 from ._registry_10x import (
     VISIUM_10X_HASH_SOURCE,
     VISIUM_10X_SAMPLES,
@@ -112,6 +113,9 @@ def visium_10x(
     ValueError
         If the sample is unknown or has no pinned checksum, if a downloaded file's checksum does not match, or if
         a ``path`` folder lacks a file that the reader needs (the message lists every missing file).
+    ConnectionError
+        If a file is neither in the cache nor downloadable from either source; the message names the cache
+        folder and the files that make the sample load offline.
 
     Notes
     -----
@@ -182,7 +186,16 @@ def _fetch(sample: str, cache: Path, *, progress: bool) -> dict[str, Path]:
     for mirror in (False, True):
         registry, urls = visium_10x_registry(mirror=mirror)
         pups.append(pooch.create(path=cache, base_url="", registry=registry, urls=urls, retry_if_failed=_RETRIES))
-    return {kind: _fetch_one(pups, fname, downloader) for kind, fname in visium_10x_files(sample).items()}
+    files = visium_10x_files(sample)
+    out = {}
+    for kind, fname in files.items():
+        try:
+            out[kind] = _fetch_one(pups, fname, downloader)
+        except OSError as err:  # both sources failed to answer; a checksum mismatch stays a ValueError
+            raise download_failed(
+                err, dataset=f"10x Visium sample {sample}", fname=fname, cache=cache, files=files.values()
+            ) from err
+    return out
 
 
 def _fetch_one(pups: list[Any], fname: str, downloader: Any) -> Path:
