@@ -112,3 +112,42 @@ def test_tl_commands_have_help():
             [sys.executable, "-m", "hyperst._cli", command, "--help"], capture_output=True, text=True
         )
         assert result.returncode == 0 and "--table-key" in result.stdout
+
+
+_QUIET_RUN = """
+import sys
+import hyperst as hst
+from hyperst._cli import main
+
+hst.settings.progress_bar = False
+hst.settings.verbosity = "error"
+train, store, model = sys.argv[1:4]
+import spatialdata as sd
+m = hst.tl.fit(sd.read_zarr(train), genes=8, encoder="squidpy", max_epochs=1, views=1, embed_dim=16, cache=False)
+hst.tl.predict(sd.read_zarr(store), m, cache=False)
+m.save(model)
+assert main(["predict", store, "--model", model]) == 0
+"""
+
+
+def test_fit_predict_and_the_cli_write_print_no_third_party_warning(tmp_path):
+    import warnings
+
+    import hyperst as hst
+
+    paths = []
+    for i, s in enumerate(hst.datasets.synthetic(n_slides=2, n_spots=60, n_genes=20, seed=0)):
+        paths.append(str(tmp_path / f"s{i}.zarr"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the test's own writes are not hyperst's
+            s.write(paths[-1])
+    # a fresh interpreter with Python's default filters, as a user's script has: squidpy's first import too
+    run = subprocess.run(
+        [sys.executable, "-c", _QUIET_RUN, paths[0], paths[1], str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    warned = [line for line in run.stderr.splitlines() if "Warning" in line or "deprecated" in line]
+    assert not warned, warned

@@ -95,13 +95,17 @@ def _predict(args: argparse.Namespace) -> int:
     )
     n = sdata.tables[table].n_obs
     print(f"Predicted {len(model.genes)} genes for {n} spots in {time.perf_counter() - t0:.0f} s.")
+    from hyperst._utils import quiet_third_party
+
     if args.out is not None:
-        sdata.write(args.out)
+        with quiet_third_party():
+            sdata.write(args.out)
         print(f"Wrote the slide with its predictions to {args.out} (table `{table}`, and layers/obsm).")
     else:
         if table in sdata.tables and args.overwrite:
             sdata.delete_element_from_disk(table)
-        sdata.write_element(table)
+        with quiet_third_party():
+            sdata.write_element(table)
         print(f"Added table `{table}` (predictions, intervals, embeddings) to {args.slide}.")
     return 0
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ._settings import settings
-from ._utils import quiet_loggers
+from ._utils import quiet_loggers, quiet_third_party
 
 if TYPE_CHECKING:
     from ._config import HyperSTConfig
@@ -317,7 +317,7 @@ def train(
         # Lightning keeps modules in the mode it finds them: training mode here, except the batch-norm (and any
         # frozen) layers of an encoder, which `ImageEncoder.train` keeps in eval mode on purpose
         lit.train()
-        with warnings.catch_warnings():
+        with quiet_third_party(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
             if encoder is not None:
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 
 from ._settings import settings
 
-__all__ = ["file_sha256", "kept_random_state", "progress", "quiet_loggers", "state_fingerprint"]
+__all__ = [
+    "file_sha256",
+    "import_squidpy",
+    "kept_random_state",
+    "progress",
+    "quiet_loggers",
+    "quiet_third_party",
+    "state_fingerprint",
+]
 
 T = TypeVar("T")
 #: Environment variables through which ``lightning.seed_everything`` passes its seed on.
@@ -88,3 +96,31 @@ def kept_random_state() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+#: Third-party warnings that hyperst's own calls trigger and that a user can do nothing about: the message,
+#: the category, and the package that issues it.
+_NOISE = (
+    (r".* is not a valid key!", SyntaxWarning),  # docrep, while squidpy is imported
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning),  # lightning's pytree helpers on newer torch
+    (r"zarr v3 autosharding will be the default", UserWarning),  # zarr, on the arrays hyperst writes
+)
+
+
+@contextmanager
+def quiet_third_party() -> Iterator[None]:
+    """Silence :data:`_NOISE` inside one of hyperst's calls; the user's own warning filters are restored after."""
+    import warnings
+
+    with warnings.catch_warnings():
+        for message, category in _NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
+def import_squidpy() -> Any:
+    """Import squidpy without the docrep warnings its import prints."""
+    with quiet_third_party():
+        import squidpy
+
+    return squidpy

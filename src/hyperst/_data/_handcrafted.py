@@ -131,7 +131,9 @@ def handcrafted_features(patches: np.ndarray, *, size: int = 64) -> np.ndarray:
     if n == 0:
         return np.zeros((0, HANDCRAFTED_N_FEATURES), dtype=np.float32)
 
-    from squidpy.im import ImageContainer
+    from .._utils import import_squidpy
+
+    ImageContainer = import_squidpy().im.ImageContainer
 
     rgb = _resize(patches, int(size))
     grey = np.clip(np.rint(np.einsum("bchw,c->bhw", rgb, _LUMA)), 0, 255).astype(np.uint8)

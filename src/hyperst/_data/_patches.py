@@ -170,8 +170,9 @@ class PatchReader:
 
     def _container(self, level: int) -> object:
         if level not in self._containers:
-            import squidpy as sq
+            from .._utils import import_squidpy
 
+            sq = import_squidpy()
             arr = self.levels[level].transpose("y", "x", "c").rename({"c": "channels"}).expand_dims("z", axis=2)
             self._containers[level] = sq.im.ImageContainer(
                 arr, layer="image", dims=("y", "x", "z", "channels"), lazy=True

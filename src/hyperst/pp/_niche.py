@@ -89,8 +89,11 @@ def niche_graph(
     >>> sdata.tables["table"].obsp["hyperst_connectivities"].sum(1).max()
     np.float64(6.0)
     """
-    import squidpy as sq
     from anndata import AnnData
+
+    from .._utils import import_squidpy
+
+    sq = import_squidpy()
 
     from .._data import detect_grid
 

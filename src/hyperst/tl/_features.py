@@ -17,6 +17,7 @@ import numpy as np
 
 from .._data import PatchGeometry, PatchReader, dihedral
 from .._settings import settings
+from .._utils import quiet_third_party
 
 if TYPE_CHECKING:
     import torch
@@ -166,9 +167,10 @@ def extract_features(
         )
         raise ValueError(msg)
     if path is not None:
-        group = zarr.open_group(str(path), mode="w")
-        group.create_array("spot", data=spot_out)
-        group.create_array("niche", data=niche_out)
+        with quiet_third_party():
+            group = zarr.open_group(str(path), mode="w")
+            group.create_array("spot", data=spot_out)
+            group.create_array("niche", data=niche_out)
         group.attrs.update({"encoder": extractor.record.to_dict(), "views": views, "complete": True})
         logger.info("Cached features in `%s`", path)
     return spot_out, niche_out
