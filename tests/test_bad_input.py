@@ -660,6 +660,120 @@ def _model_folder_missing(s, model, tmp_path):
     return _load_and_predict(s, tmp_path / "nowhere")
 
 
+# --- model folders: the manifest (issue: a model file is exactly what was saved)
+def _edited_config(folder: Path, edit: Callable[[dict], None]) -> None:
+    meta = json.loads((folder / "config.json").read_text())
+    edit(meta)
+    (folder / "config.json").write_text(json.dumps(meta, indent=1))  # not re-signed
+
+
+@case(ValueError, r"`config\.json` in `.*model` does not match its sha256 in `manifest\.json`.*Copy the model")
+def _config_digit_changed(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    _edited_config(folder, lambda meta: meta["training"]["microns_per_pixel"].update(s0=1.5))
+    return _load_and_predict(s, folder)
+
+
+@case(ValueError, r"`config\.json` in `.*model` does not match its sha256 in `manifest\.json`")
+def _gene_list_reversed(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    _edited_config(folder, lambda meta: meta.update(genes=meta["genes"][::-1]))
+    return _load_and_predict(s, folder)
+
+
+@case(FileNotFoundError, r"`.*manifest\.json` not found: the model folder is incomplete\. Copy the model folder")
+def _manifest_missing(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    (folder / "manifest.json").unlink()
+    return _load_and_predict(s, folder)
+
+
+@case(ValueError, r"`.*manifest\.json` is damaged or was modified \(its digest does not match its list of files\)")
+def _manifest_edited(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["weights.safetensors"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return _load_and_predict(s, folder)
+
+
+@case(FileNotFoundError, r"`weights\.safetensors` not found in `.*model`, but `manifest\.json` lists it")
+def _listed_weights_missing(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    (folder / "weights.safetensors").unlink()
+    return _load_and_predict(s, folder)
+
+
+@case(ValueError, r"`weights\.safetensors` in `.*model` does not match its sha256 in `manifest\.json`")
+def _weights_linked_to_another_model(s, model, tmp_path):
+    folder = _saved(model, tmp_path)
+    other = _tiny(7, n_features=_n_features(), genes=("G0", "G1", "G2")).save(tmp_path / "other")
+    (folder / "weights.safetensors").unlink()
+    (folder / "weights.safetensors").symlink_to(other / "weights.safetensors")
+    return _load_and_predict(s, folder)
+
+
+# --- plot arguments
+@case(ValueError, r"Expected `n_lines` to be a positive integer, found `0`")
+def _poincare_n_lines_zero(s, model, tmp_path):
+    hst.tl.predict(s, model, cache=False)
+    return lambda: hst.pl.poincare(s, hierarchy=True, n_lines=0, show=False)
+
+
+@case(TypeError, r"`hyperst\.pl\.poincare` takes no \['save'\] argument: it returns the Axes")
+def _poincare_save_argument(s, model, tmp_path):
+    hst.tl.predict(s, model, cache=False)
+    return lambda: hst.pl.poincare(s, save="plot.png", show=False)
+
+
+@case(KeyError, r"Key `'X_hyperst_poincare'` not found in `sdata\.tables\['table'\]\.obsm`\. .*Run `hyperst\.tl\.poinc")
+def _poincare_before_predict(s, model, tmp_path):
+    return lambda: hst.pl.poincare(s, show=False)
+
+
+@case(KeyError, r"No predictions for genes \['NOPE'\] in `sdata\.tables\['table'\]\.layers\['hyperst'\]`.*Run `hyperst")
+def _spatial_unknown_gene(s, model, tmp_path):
+    hst.tl.predict(s, model, cache=False)
+    return lambda: hst.pl.spatial(s, ["NOPE"], show=False)
+
+
+@case(ValueError, r"Expected `genes` to name at least one gene, found an empty list")
+def _spatial_no_genes(s, model, tmp_path):
+    hst.tl.predict(s, model, cache=False)
+    return lambda: hst.pl.spatial(s, [], show=False)
+
+
+@case(ValueError, r"Expected `ax` to be 2 Axes \(1 genes x 2 panels\), found `1`")
+def _spatial_wrong_number_of_axes(s, model, tmp_path):
+    import matplotlib.pyplot as plt
+
+    hst.tl.predict(s, model, cache=False)
+    _, ax = plt.subplots()
+    return lambda: hst.pl.spatial(s, ["G0"], ax=[ax], show=False)
+
+
+@case(KeyError, r"Key `'hyperst_pcc'` not found in `sdata\.tables\['table'\]\.var`.*Run `hyperst\.tl\.evaluate")
+def _gene_scores_before_evaluate(s, model, tmp_path):
+    hst.tl.predict(s, model, cache=False)
+    return lambda: hst.pl.gene_scores(s, show=False)
+
+
+# --- settings
+@case(TypeError, r"Expected `hyperst\.settings\.progress_bar` to be True or False, found `str`")
+def _setting_progress_bar_not_a_bool(s, model, tmp_path):
+    return lambda: setattr(hst.settings, "progress_bar", "yes")
+
+
+@case(ValueError, r"Expected `hyperst\.settings\.num_workers` to be an integer >= 0, found `-1`")
+def _setting_negative_workers(s, model, tmp_path):
+    return lambda: setattr(hst.settings, "num_workers", -1)
+
+
+@case(AttributeError, r"`hyperst\.settings` has no setting `seed`; the settings are \[.cache_dir., .num_workers.")
+def _setting_that_does_not_exist(s, model, tmp_path):
+    return lambda: setattr(hst.settings, "seed", 1)
+
+
 def test_the_table_is_large():
     assert len(CASES) >= 25
 
