@@ -901,7 +901,7 @@ def test_a_slide_at_another_pixel_size_is_predicted_with_a_warning(model):
     sdata = _visium(mpp=0.5)  # the model was trained at 1 µm/px: patches stay 112 µm, so this is a 224 px crop
     before = fingerprint(sdata)
     msg = (
-        r"pixel size 0\.500 µm/px, outside the accepted 0\.667-1\.500 µm/px \(the training slides. 1\.000-1\.000 µm/px"
+        r"pixel size 0\.500 µm/px, outside the accepted 0\.667-2\.000 µm/px \(the training slides. 1\.000-1\.000 µm/px"
     )
     with pytest.warns(UserWarning, match=msg):
         result = hst.tl.predict(sdata, model, inplace=False, cache=False)
