@@ -151,3 +151,42 @@ def test_fit_predict_and_the_cli_write_print_no_third_party_warning(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     warned = [line for line in run.stderr.splitlines() if "Warning" in line or "deprecated" in line]
     assert not warned, warned
+
+
+_HEAVY = ("torch", "lightning", "spatialdata", "squidpy", "scanpy", "anndata", "dask", "zarr")
+_IMPORTS = """
+import json, sys
+{code}
+print(json.dumps(sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r}))))
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import hyperst",
+        "import hyperst; hyperst.settings.progress_bar = False; hyperst.__version__",
+        "from hyperst._cli import _parser; _parser().format_help()",
+        "from hyperst._cli import main; assert main(['predict', '/nonexistent.zarr', '--model', '/none']) == 2",
+        "from hyperst._cli import main; assert main(['fit', '/nonexistent.zarr', '--out', '/tmp/hyperst-none']) == 2",
+        "from hyperst._cli import main; assert main(['evaluate', '/nonexistent.zarr']) == 2",
+    ],
+    ids=["import", "settings", "help", "predict-missing-store", "fit-missing-store", "evaluate-missing-store"],
+)
+def test_start_up_and_argument_errors_import_nothing_heavy(code):
+    script = _IMPORTS.format(code=code, heavy=_HEAVY)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip().splitlines()[-1] == "[]", run.stdout
+
+
+def test_the_model_path_is_checked_before_the_store_is_read(tmp_path):
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    (store / "zarr.json").write_text("{}")
+    script = _IMPORTS.format(
+        code=f"from hyperst._cli import main; assert main(['predict', {str(store)!r}, '--model', '/none']) == 2",
+        heavy=_HEAVY,
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "No hyperst model at `/none`: the folder does not exist" in run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "[]"

@@ -12,13 +12,34 @@ from ._constants import DEFAULT_KEY, MONITORS, TARGETS, Keys, Provenance
 __all__ = ["add_commands"]
 
 
-def _read(path: str) -> Any:
-    import spatialdata as sd
-
+def _check_store(path: str) -> None:
+    """Refuse a path that cannot be a SpatialData store, before anything heavy is imported or read."""
     p = Path(path)
     if not p.exists():
         msg = f"No SpatialData store at `{p}`: pass the path of a `.zarr` folder written by `SpatialData.write`."
         raise FileNotFoundError(msg)
+    if not p.is_dir() or not ((p / "zarr.json").is_file() or (p / ".zgroup").is_file()):
+        what = "a file" if p.is_file() else "a folder without `zarr.json`"
+        msg = (
+            f"`{p}` is not a readable SpatialData store ({what}): pass a `.zarr` folder written by `SpatialData.write`."
+        )
+        raise ValueError(msg)
+
+
+def _check_model(path: str) -> None:
+    """Refuse a path that holds no model, before anything heavy is imported or read."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        why = "the folder does not exist" if not p.exists() else "`config.json` not found"
+        msg = f"No hyperst model at `{p}`: {why}. Pass the folder written by `hyperst fit --out` or `HyperST.save`."
+        raise FileNotFoundError(msg)
+
+
+def _read(path: str) -> Any:
+    _check_store(path)
+    import spatialdata as sd
+
+    p = Path(path)
     try:
         return sd.read_zarr(p)
     except Exception as err:  # zarr and spatialdata raise many types for a folder that is not a store
@@ -31,12 +52,14 @@ def _weights(value: str) -> str | None:
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import hyperst as hst
-
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not (out / "config.json").is_file():
         msg = f"`--out {out}` exists and is not a hyperst model folder: name a new or empty folder."
         raise ValueError(msg)
+    for path in args.slides:
+        _check_store(path)
+    import hyperst as hst
+
     slides = [_read(p) for p in args.slides]
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {
@@ -72,6 +95,11 @@ def _fit(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     import hyperst as hst
 
+    _check_store(args.slide)
+    _check_model(args.model)
+    if args.out is not None and Path(args.out).exists():
+        msg = f"`--out {args.out}` exists: name a new path for the output store."
+        raise ValueError(msg)
     sdata = _read(args.slide)
     model = hst.HyperST.load(args.model)
     table = Keys(args.key_added).table
