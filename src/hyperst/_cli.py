@@ -123,7 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="hyperst_demo", help="output folder (default: %(default)s)")
     demo.add_argument("--n-slides", type=int, default=3, help="number of slides (default: %(default)s)")
-    demo.add_argument("--n-spots", type=int, default=1000, help="spots per slide (default: %(default)s)")
+    demo.add_argument("--n-spots", type=int, default=400, help="spots per slide (default: %(default)s)")
     demo.add_argument("--genes", type=int, default=100, help="genes to predict (default: %(default)s)")
     demo.add_argument(
         "--encoder", default="squidpy", help="image encoder, e.g. squidpy or resnet18 (default: %(default)s)"
@@ -133,7 +133,7 @@ def _parser() -> argparse.ArgumentParser:
         default="none",
         help="encoder weights: none (random, offline), DEFAULT (download) or a local file (default: %(default)s)",
     )
-    demo.add_argument("--max-epochs", type=int, default=60, help="training epochs at most (default: %(default)s)")
+    demo.add_argument("--max-epochs", type=int, default=40, help="training epochs at most (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.set_defaults(func=_demo)
     from ._cli_tl import add_commands
