@@ -324,3 +324,28 @@ def test_poincare_colours_genes_on_the_models_target_scale(sdata, table):
     bar = next(c for c in predicted.collections if isinstance(c, PathCollection)).colorbar
     assert bar.ax.get_ylabel() == "sdata.tables['table'].layers['hyperst']"
     assert _snapshot(sdata) == before
+
+
+def test_spatial_draws_a_block_averaged_copy_of_a_large_image_in_place():
+    import dask.array as da
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, get_transformation
+    from xarray import DataArray
+
+    from hyperst.pl._spatial import DISPLAY_SIDE, _display_image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(3, 2100, 2500), dtype=np.uint8)
+    lazy = DataArray(da.from_array(pixels, chunks=(3, 512, 512)), dims=("c", "y", "x"))
+    image = Image2DModel.parse(lazy, transformations={"s": Scale([0.5, 0.5], axes=("x", "y"))})
+    small = _display_image(image, "s")
+    assert DISPLAY_SIDE <= max(small.sizes["y"], small.sizes["x"]) < 2 * DISPLAY_SIDE
+    step = 2500 // DISPLAY_SIDE  # 2
+    np.testing.assert_allclose(
+        np.asarray(small)[:, 3, 5], pixels[:, 6:8, 10:12].mean((1, 2)).astype(np.uint8), atol=1
+    )  # a block mean
+    # a point keeps its place in the coordinate system: small pixel (x, y) is full-resolution (step x, step y)
+    affine = get_transformation(small, "s").to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    np.testing.assert_allclose(affine @ [10, 20, 1], [0.5 * step * 10, 0.5 * step * 20, 1])
+    tiny = Image2DModel.parse(DataArray(pixels[:, :300, :400], dims=("c", "y", "x")))
+    assert _display_image(tiny, "global") is tiny  # small images are drawn as they are

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .._constants import DEFAULT_KEY, OUTPUT_TABLE_FLAG, TARGET_LABELS, TARGETS, Keys, Provenance
-from .._data._elements import as_spatialdata, resolve_elements
+from .._data._elements import as_spatialdata, image_levels, resolve_elements
 from .._data._target import measured_expression
 from .._docs import doc_params
 from .._validation import check_choice, expected, expected_to
@@ -29,6 +29,8 @@ __all__ = ["spatial"]
 logger = logging.getLogger(__name__)
 
 _VALUES = "values"  # name of the derived table in the SpatialData that is drawn
+#: Long side in pixels of the image drawn under the spots (a figure panel is a few hundred pixels wide).
+DISPLAY_SIDE = 1024
 
 
 def _gene_list(genes: str | Sequence[str]) -> list[str]:
@@ -91,6 +93,34 @@ def _observed(table: AnnData, name: str, genes: list[str], counts_layer: str | N
     out = np.full((table.n_obs, len(genes)), np.nan)
     out[:, present] = values
     return out
+
+
+def _display_image(image: object, cs: str) -> object:
+    """Return the image at about :data:`DISPLAY_SIDE` px on its long side, for drawing (a level, block-averaged).
+
+    The coarsest pyramid level that is still at least that large is averaged in blocks, lazily when it is a dask
+    array (a chunk at a time), so a whole-slide image is never held at full resolution in memory; the small
+    result is computed once. Its transformation is the
+    original one after the block scale, so the spots stay where they are.
+    """
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence, get_transformation
+    from xarray import DataArray
+
+    levels = image_levels(image)
+    h0, w0 = int(levels[0].sizes["y"]), int(levels[0].sizes["x"])
+    if max(h0, w0) <= DISPLAY_SIDE:
+        return image
+    level = next(lv for lv in reversed(levels) if max(lv.sizes["y"], lv.sizes["x"]) >= DISPLAY_SIDE)
+    h, w = int(level.sizes["y"]), int(level.sizes["x"])
+    step = max(1, max(h, w) // DISPLAY_SIDE)
+    small = level.coarsen(y=step, x=step, boundary="trim").mean() if step > 1 else level
+    scale = Scale([step * w0 / w, step * h0 / h], axes=("x", "y"))
+    original = get_transformation(image, to_coordinate_system=cs)
+    coords = {"c": level.coords["c"].values} if "c" in level.coords else None
+    # computed once, here: the drawing reads the small image many times (per channel, per panel)
+    pixels = DataArray(np.asarray(small.data).astype(np.uint8), dims=("c", "y", "x"), coords=coords)
+    return Image2DModel.parse(pixels, transformations={cs: Sequence([scale, original])})
 
 
 def _coordinate_system(sdata: SpatialData, shapes_key: str, image_key: str) -> str:
@@ -190,12 +220,12 @@ def spatial(
     derived = TableModel.parse(
         ad.AnnData(obs=obs), region=el.shapes_key, region_key=el.region_key, instance_key=el.instance_key
     )
+    cs = _coordinate_system(sd, el.shapes_key, el.image_key)
     view = SpatialData(
-        images={el.image_key: sd.images[el.image_key]},
+        images={el.image_key: _display_image(sd.images[el.image_key], cs)},
         shapes={el.shapes_key: sd.shapes[el.shapes_key]},
         tables={_VALUES: derived},
     )
-    cs = _coordinate_system(sd, el.shapes_key, el.image_key)
 
     n_rows, n_cols = len(names), len(panels)
     axes = to_axes_list(ax)
