@@ -233,7 +233,7 @@ class HyperST:
         """
         path = Path(path)
         cfg_file = path / CONFIG
-        signed = check_manifest(path)
+        checked = check_manifest(path)  # sha256 by file name, or None without a manifest
         if not cfg_file.is_file():
             if not path.exists():
                 why = "the folder does not exist"
@@ -255,7 +255,7 @@ class HyperST:
             )
             raise ValueError(msg)
         version = meta.get("format_version")
-        if not signed:
+        if checked is None:
             check_unsigned(path, version, meta.get("hyperst_version", "?"))
         while version in _MIGRATIONS:
             meta = _MIGRATIONS[version](meta)
@@ -277,7 +277,7 @@ class HyperST:
         except (KeyError, TypeError, ValueError) as err:
             msg = f"`{cfg_file}` does not describe a valid model ({type(err).__name__}: {err}). {RECOPY}"
             raise ValueError(msg) from err
-        state = read_state(path, WEIGHTS, meta.get("weights_sha256"))
+        state = read_state(path, WEIGHTS, meta.get("weights_sha256"), checked)
         try:
             module.load_state_dict(state)
         except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
@@ -287,7 +287,7 @@ class HyperST:
         module.eval()
         # a recorded encoder file is required: without it a random-weight encoder would be silently redrawn
         has_encoder = meta.get("encoder_sha256") is not None or (path / ENCODER).exists()
-        enc_state = read_state(path, ENCODER, meta.get("encoder_sha256")) if has_encoder else None
+        enc_state = read_state(path, ENCODER, meta.get("encoder_sha256"), checked) if has_encoder else None
         try:
             record = EncoderRecord.from_dict(encoder_data, state=enc_state, module=encoder)
         except (KeyError, TypeError, ValueError) as err:

@@ -64,8 +64,10 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     return folder / MANIFEST
 
 
-def check_manifest(path: Path) -> bool:
-    """Check every file of ``path`` against its ``manifest.json``; ``False`` if there is none.
+def check_manifest(path: Path) -> dict[str, str] | None:
+    """Check every file of ``path`` against its ``manifest.json``; return the checked sha256 by file name.
+
+    ``None`` if there is no manifest.
 
     A listed file that is missing or changed is refused, naming it. Files the manifest does not list are never
     read, and are named in a warning. A listed file may be a symbolic link (as git-annex or DVC leave them):
@@ -73,7 +75,7 @@ def check_manifest(path: Path) -> bool:
     """
     file = path / MANIFEST
     if not file.is_file():
-        return False
+        return None
     try:
         manifest = json.loads(file.read_text())
         files = dict(manifest["files"])
@@ -97,7 +99,7 @@ def check_manifest(path: Path) -> bool:
     extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != MANIFEST)
     if extra:
         logger.warning("`%s` also holds %s, which are not part of the model and are not read", path, extra)
-    return True
+    return files
 
 
 def check_unsigned(path: Path, version: Any, written_by: str) -> None:
@@ -134,10 +136,17 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def read_state(path: Path, name: str, expected_sha: str | None) -> dict[str, torch.Tensor]:
+def read_state(
+    path: Path, name: str, expected_sha: str | None, checked: dict[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """Read ``name`` of ``path``, refusing it unless its sha256 is ``expected_sha`` (when given).
+
+    ``checked`` holds sha256 digests already computed (by :func:`check_manifest`), so a large file is hashed once.
+    """
     file = path / name
     if file.exists():
-        if expected_sha is not None and file_sha256(file) != expected_sha:
+        actual = (checked or {}).get(name) if expected_sha is not None else None
+        if expected_sha is not None and (actual or file_sha256(file)) != expected_sha:
             msg = f"`{file}` does not match the checksum in `{CONFIG}`: the file is truncated or was modified. {RECOPY}"
             raise ValueError(msg)
         from safetensors import SafetensorError

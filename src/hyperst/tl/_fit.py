@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._config import HyperSTConfig
@@ -172,7 +173,7 @@ def fit(
         parts = split_slides(slides, rows, cfg)
         ckpt = checkpoint_folder(checkpoint_dir, resume, cfg, names, slides, n_features)
         if ckpt is not None:
-            run_on = TrainerSettings(accelerator, devices, num_nodes, strategy, precision, ckpt / "select", resume)
+            run_on = replace(run_on, checkpoint_dir=ckpt / "select", resume=resume)
         run, refit = train_and_refit(
             *parts, genes_data, cfg, run_on, encoder=lora, feature_batch_size=feature_batch_size
         )
