@@ -9,6 +9,8 @@ PCC@10/50/200, MSE and MAE; the table gives mean ± std over folds. One invocati
     python benchmarks/accuracy.py --encoder squidpy --genes hmhvg200 --target log2
     python benchmarks/accuracy.py --encoder squidpy --genes hist2st --target log2_cp10k
     python benchmarks/accuracy.py --encoder resnet18 --genes hmhvg200 --target log2_cp10k   # weights=None offline
+    python benchmarks/accuracy.py --encoder mobilenet_v2 --weights ../shared/weights/mobilenet_v2-b0353104.pth \
+        --genes hmhvg200 --target log2                        # ImageNet weights from a local file, offline
     python benchmarks/accuracy.py --folds C3 --genes hmhvg200 --target log2 --max-epochs 5  # smoke run
     python benchmarks/accuracy.py --genes hist2st --target log2_cp10k --fit monitor=mse embed_dim=256 \
         --out benchmarks/results/accuracy_squidpy_hist2st_log2_cp10k_wide.json   # options for every HyperST fit
@@ -32,9 +34,11 @@ sections, then, as ``tl.fit(refit=True)`` does, trains afresh on all training se
 the chosen number of epochs; ridge picks its alpha by leave-one-out on all training spots. Every method thus
 learns from the same spots.
 Like ``hst.tl.fit``, all methods train on spots with at least one count of the model genes and are evaluated on
-every spot of the held-out section. ``resnet18`` runs with ``weights=None`` (random, offline) unless
-``--weights DEFAULT``; its features use 1 dihedral view (8 views of a CNN on CPU are slow), squidpy's use 8 (they
-are rotation-invariant, so this costs nothing).
+every spot of the held-out section. ``--encoder`` is ``squidpy`` or any torchvision classification model
+(``resnet18``, ``mobilenet_v2``…), with ``--weights`` ``None`` (the default: random, offline), a torchvision
+weights name (``DEFAULT``, downloaded) or the path of a local state dict (its sha256 is stored in the results).
+CNN features use 1 dihedral view (8 views of a CNN on CPU are slow), squidpy's use 8 (they are
+rotation-invariant, so this costs nothing).
 """
 
 from __future__ import annotations
@@ -271,8 +275,10 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/her2st"))
     parser.add_argument("--sections", nargs="+", default=SECTIONS)
     parser.add_argument("--folds", nargs="+", default=None, help="held-out sections to run (default: all)")
-    parser.add_argument("--encoder", default="squidpy", help="squidpy or a torchvision backbone, e.g. resnet18")
-    parser.add_argument("--weights", default=None, help="encoder weights: None (default, offline) or DEFAULT")
+    parser.add_argument("--encoder", default="squidpy", help="squidpy or a torchvision model, e.g. mobilenet_v2")
+    parser.add_argument(
+        "--weights", default=None, help="encoder weights: None (default, random), a weights name, or a local file"
+    )
     parser.add_argument("--genes", default="hmhvg200", help="hist2st (785 genes) or hmhvg<N> (on training folds)")
     parser.add_argument("--target", default="log2", choices=["log2", "log2_cp10k"])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
@@ -336,6 +342,7 @@ def main() -> None:
             "folds": folds,
             "encoder": args.encoder,
             "weights": weights,
+            "weights_sha256": extractor.record.weights_sha256,
             "views": views,
             "n_features": extractor.n_features,
             "genes": args.genes,

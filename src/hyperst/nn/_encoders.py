@@ -1,10 +1,13 @@
 """Image encoders: a backbone behind one interface, ``(B, 3, H, W)`` RGB patches in, ``(B, F)`` features out.
 
-:func:`build_encoder` is the registry. torchvision backbones (``resnet18``, ``resnet50``, ``densenet121``,
-``vit_b_16``) come with ImageNet weights (``weights="DEFAULT"``, downloaded by torchvision), random ones
-(``weights=None``) or a local checkpoint; timm models (``"timm:<model_name>"``) and Hugging Face hub models
-(``"hf-hub:<repo>"``, e.g. UNI) need the ``timm`` extra; any :class:`torch.nn.Module` is wrapped as is.
-Classifier heads are removed, so the features are the backbone's pooled output.
+:func:`build_encoder` is the registry. Every torchvision classification model builds by its name (``resnet50``,
+``mobilenet_v2``, ``efficientnet_b0``, ``convnext_tiny``, ``regnet_y_400mf``, ``swin_t``, ``vit_b_16``, …;
+the names of ``torchvision.models.list_models(module=torchvision.models)``), with torchvision's pretrained
+weights (``weights="DEFAULT"`` or a weights name, downloaded by torchvision), random ones (``weights=None``) or
+a local checkpoint; timm models (``"timm:<model_name>"``) and Hugging Face hub models (``"hf-hub:<repo>"``, e.g.
+UNI) need the ``timm`` extra; any :class:`torch.nn.Module` is wrapped as is. Classifier heads are removed
+(:mod:`hyperst.nn._torchvision`), so the features are the backbone's pooled output, and their size is found by
+one forward pass.
 
 :class:`ImageEncoder` takes uint8 pixels (or floats already in ``[0, 1]``) and normalises them with the
 backbone's mean and standard deviation, so callers never repeat the backbone's preprocessing. Its
@@ -23,25 +26,19 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import expected, expected_to, expected_type
+from ._torchvision import headless, torchvision_names, unknown_name_message
 
 __all__ = ["ENCODERS", "EncoderSpec", "ImageEncoder", "build_encoder"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: torchvision backbones: attribute of the classifier head (replaced by an identity) and feature size.
-_TORCHVISION = {
-    "resnet18": ("fc", 512),
-    "resnet50": ("fc", 2048),
-    "densenet121": ("classifier", 1024),
-    "vit_b_16": ("heads", 768),
-}
 #: Hub models whose architecture is known, so that they build offline: timm architecture and kwargs.
 _TIMM_PRESETS = {
     "hf-hub:mahmoodlab/uni": ("vit_large_patch16_224", {"init_values": 1e-5, "dynamic_img_size": True}),
 }
-#: The registry, as listed in error messages.
-ENCODERS = (*_TORCHVISION, "timm:<model_name>", "hf-hub:<repo>")
+#: The registry's forms of names: any torchvision classification model (e.g. ``"resnet50"``), timm and hub models.
+ENCODERS = ("<torchvision model>", "timm:<model_name>", "hf-hub:<repo>")
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
@@ -222,12 +219,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return dict(state)
 
 
-def _load_into(backbone: nn.Module, path: str | os.PathLike, *, name: str, head: str | None = None) -> None:
+def _load_into(backbone: nn.Module, path: str | os.PathLike, *, name: str, removed: tuple[str, ...] = ()) -> None:
     state = load_checkpoint(path)
     for prefix in ("module.", "backbone.", "model."):  # DDP, an ImageEncoder's own state dict, wrappers
         if state and all(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
-    if head is not None:  # the head of a full-model checkpoint was removed from the backbone
+    for head in removed:  # the head of a full-model checkpoint was removed from the backbone
         state = {k: v for k, v in state.items() if k != head and not k.startswith(f"{head}.")}
     wanted = set(backbone.state_dict())
     missing, unexpected = sorted(wanted - set(state)), sorted(set(state) - wanted)
@@ -248,31 +245,52 @@ def _few(keys: list[str], n: int = 5) -> str:
     return f"{keys[:n]}{f' (+{len(keys) - n} more)' if len(keys) > n else ''}"
 
 
-def _torchvision(name: str, weights: str | os.PathLike | None) -> ImageEncoder:
-    from torchvision.models import get_model, get_model_weights
+def _weights_member(name: str, weights: str) -> Any:
+    """Return the torchvision weights enum member ``weights`` (``"DEFAULT"``, ``"IMAGENET1K_V1"``…) of ``name``."""
+    from torchvision.models import get_model_weights
 
-    head, n_features = _TORCHVISION[name]
+    enum = get_model_weights(name)
+    member = str(weights).rsplit(".", 1)[-1]
+    if member not in enum.__members__:
+        choices = [*enum.__members__, "None", "a checkpoint path"]
+        msg = expected(f"weights` of `{name}", f"one of {choices}", weights)
+        raise ValueError(msg)
+    return enum[member]
+
+
+def _download(name: str, chosen: Any) -> nn.Module:
+    """Build ``name`` with torchvision's weights ``chosen``, which torchvision downloads unless cached."""
+    from torchvision.models import get_model
+
+    try:
+        return get_model(name, weights=chosen)
+    except OSError as err:  # URLError and socket errors: offline
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(chosen.url)
+        msg = (
+            f"Could not download the `{chosen}` weights of `{name}` ({chosen.url}): {err}. Offline, pass the path "
+            f"of a local copy as `weights=`, or put it at `{cached}`."
+        )
+        raise ConnectionError(msg) from err
+
+
+def _torchvision(name: str, weights: str | os.PathLike | None) -> ImageEncoder:
+    from torchvision.models import get_model
+
     kwargs: dict[str, Any] = {}
-    chosen = None
     if weights is not None and not _is_path(weights):
-        enum = get_model_weights(name)
-        member = str(weights).rsplit(".", 1)[-1]
-        if member not in enum.__members__:
-            choices = [*enum.__members__, "None", "a checkpoint path"]
-            msg = expected(f"weights` of `{name}", f"one of {choices}", weights)
-            raise ValueError(msg)
-        chosen = enum[member]
+        chosen = _weights_member(name, weights)
         kwargs = chosen.transforms.keywords  # crop_size, and mean/std where they are not ImageNet's
-    model = get_model(name, weights=chosen)
-    setattr(model, head, nn.Identity())
+        model = _download(name, chosen)
+    else:
+        model = get_model(name, weights=None)
+    removed = headless(model, name)
     if weights is not None and _is_path(weights):
-        _load_into(model, weights, name=name, head=head)
+        _load_into(model, weights, name=name, removed=removed)
     return ImageEncoder(
         model,
         name=name,
         weights=None if weights is None else os.fspath(weights),
-        n_features=n_features,
-        input_size=kwargs.get("crop_size", 224),
+        input_size=int(kwargs.get("crop_size", getattr(model, "image_size", 224))),  # ViTs have a fixed size
         mean=tuple(kwargs.get("mean", IMAGENET_MEAN)),
         std=tuple(kwargs.get("std", IMAGENET_STD)),
     )
@@ -290,7 +308,7 @@ def _timm(name: str, weights: str | os.PathLike | None) -> ImageEncoder:
     if weights is None or _is_path(weights):
         model = timm.create_model(arch, pretrained=False, **kwargs)
         if weights is not None:
-            _load_into(model, weights, name=name, head=model.pretrained_cfg.get("classifier", "head"))
+            _load_into(model, weights, name=name, removed=(model.pretrained_cfg.get("classifier", "head"),))
     else:  # "DEFAULT" or a timm pretrained tag
         source = name if name.startswith("hf-hub:") else arch
         tag = "" if weights == "DEFAULT" or name.startswith("hf-hub:") else f".{weights}"
@@ -313,14 +331,16 @@ def build_encoder(encoder: str | nn.Module, *, weights: str | os.PathLike | None
     Parameters
     ----------
     encoder
-        One of ``"resnet18"``, ``"resnet50"``, ``"densenet121"``, ``"vit_b_16"`` (torchvision),
-        ``"timm:<model_name>"``, ``"hf-hub:<repo>"`` (e.g. ``"hf-hub:MahmoodLab/UNI"``; timm extra), or a module
-        mapping normalised ``(B, 3, 224, 224)`` images to ``(B, F)`` features (an :class:`ImageEncoder` is
-        returned as is).
+        A torchvision classification model (any name of ``torchvision.models.list_models(module=
+        torchvision.models)``: ``"resnet50"``, ``"mobilenet_v2"``, ``"efficientnet_b0"``, ``"convnext_tiny"``,
+        ``"swin_t"``…), ``"timm:<model_name>"``, ``"hf-hub:<repo>"`` (e.g. ``"hf-hub:MahmoodLab/UNI"``; timm
+        extra), or a module mapping normalised ``(B, 3, 224, 224)`` images to ``(B, F)`` features (an
+        :class:`ImageEncoder` is returned as is).
     weights
         ``"DEFAULT"`` for the pretrained weights (downloaded by torchvision or timm), another torchvision
-        weights name (``"IMAGENET1K_V1"``) or timm pretrained tag, ``None`` for random weights, or the path of
-        a local ``.pt``/``.pth``/``.bin``/``.safetensors`` state dict, of the full model or without its head.
+        weights name (``"IMAGENET1K_V1"``, read from torchvision's cache when it is there) or timm pretrained
+        tag, ``None`` for random weights, or the path of a local ``.pt``/``.pth``/``.bin``/``.safetensors``
+        state dict (e.g. a copy of torchvision's file), of the full model or without its head.
         For a module, ``"DEFAULT"`` and ``None`` keep its weights and a path is loaded into it. Offline, UNI
         builds from its known architecture; other ``"hf-hub:"`` models need the hub for their configuration.
 
@@ -331,8 +351,12 @@ def build_encoder(encoder: str | nn.Module, *, weights: str | os.PathLike | None
     Raises
     ------
     ValueError
-        If the name or the weights name is unknown, the checkpoint does not fit the backbone, or a module does
-        not return ``(B, F)`` features.
+        If the name or the weights name is unknown (the message names close matches), the checkpoint does not
+        fit the backbone, or a module does not return ``(B, F)`` features.
+    TypeError
+        If ``encoder`` is neither a string nor a module, or ``weights`` neither a string, a path nor ``None``.
+    ConnectionError
+        If torchvision's weights are not cached and cannot be downloaded.
     ImportError
         If a timm model is requested without timm installed.
     FileNotFoundError
@@ -351,9 +375,11 @@ def build_encoder(encoder: str | nn.Module, *, weights: str | os.PathLike | None
             _load_into(encoder, weights, name=type(encoder).__name__)
             return ImageEncoder(encoder, weights=os.fspath(weights))
         return ImageEncoder(encoder)
-    if isinstance(encoder, str) and encoder in _TORCHVISION:
-        return _torchvision(encoder, weights)
     if isinstance(encoder, str) and encoder.startswith(("timm:", "hf-hub:")) and encoder.split(":", 1)[1]:
         return _timm(encoder, weights)
-    msg = expected("encoder", f"one of {['squidpy', *ENCODERS]} or an nn.Module", encoder)
-    raise ValueError(msg)
+    if isinstance(encoder, str) and encoder in torchvision_names():
+        return _torchvision(encoder, weights)
+    if not isinstance(encoder, str):
+        msg = expected_type("encoder", "a registry name or an nn.Module", encoder)
+        raise TypeError(msg)
+    raise ValueError(unknown_name_message(encoder, others=("squidpy", *ENCODERS[1:])))

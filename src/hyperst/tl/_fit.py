@@ -70,12 +70,14 @@ def fit(
         Number of genes to predict, chosen by the HMHVG rule on the training slides' raw counts, or a list
         of gene names.
     encoder
-        Image encoder: a torchvision backbone (``"resnet18"``, ``"resnet50"``, ``"densenet121"``,
-        ``"vit_b_16"``), ``"timm:<name>"`` / ``"hf-hub:<repo>"`` (e.g. UNI, with the ``timm`` extra),
-        ``"squidpy"`` (squidpy's hand-crafted features, weight-free) or any ``torch.nn.Module`` mapping
-        ``(B, 3, 224, 224)`` images to ``(B, F)`` features.
+        Image encoder: any torchvision classification model by name (``"resnet50"``, ``"mobilenet_v2"``,
+        ``"efficientnet_b0"``, ``"convnext_tiny"``…; :func:`hyperst.nn.build_encoder`), ``"timm:<name>"`` /
+        ``"hf-hub:<repo>"`` (e.g. UNI, with the ``timm`` extra), ``"squidpy"`` (squidpy's hand-crafted
+        features, weight-free) or any ``torch.nn.Module`` mapping ``(B, 3, 224, 224)`` images to ``(B, F)``
+        features.
     weights
-        Encoder weights: ``"DEFAULT"`` (downloaded by torchvision/timm), ``None`` (random) or a local file.
+        Encoder weights: ``"DEFAULT"`` or another weights name (downloaded by torchvision/timm), ``None``
+        (random) or a local state-dict file, whose sha256 the model records.
     finetune
         ``None`` keeps the encoder frozen (cached features); ``"lora"`` trains LoRA adapters on its last
         ``lora_blocks`` blocks (a :class:`hyperst.HyperSTConfig` field, default 11 as for UNI's 24 blocks;
