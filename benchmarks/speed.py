@@ -20,6 +20,9 @@ For each size (one synthetic Visium slide, 1 µm/px) and each encoder, measured 
   (``VmHWM`` reset through ``/proc/self/clear_refs``, else ``ru_maxrss``) and the ``tracemalloc`` peak
   (numpy/Python allocations only; torch's allocator is not traced).
 
+``--stand-in R ...`` adds the feed test of ``benchmarks/patches.py``: the pipeline with a stand-in encoder that
+takes exactly ``1 / R`` s per spot and releases the GIL (as a GPU does), with ``read_workers`` 1 and all CPUs.
+
 Growth is reported as ratios between consecutive sizes: time ratios (``t(4k)/t(1k)``; 4.0 is linear) and
 memory ratios. ``resnet18`` runs with ``weights=None`` (random, offline). ``--views 1`` by default: a default
 ``hst.tl.fit`` caches 8 dihedral views, 8x the feature cost of a CNN encoder (``squidpy`` features are
@@ -387,6 +390,7 @@ def main() -> None:
         default=None,
         help="hyperst.settings.read_ahead for this run (batches read while the encoder works; 0: none)",
     )
+    parser.add_argument("--stand-in", nargs="*", type=float, default=[], help="stand-in encoder rates, spots/s")
     parser.add_argument("--child-store", help=argparse.SUPPRESS)
     parser.add_argument("--child-encoder", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
@@ -415,6 +419,12 @@ def main() -> None:
             print(f"[{enc} {n} spots done in {time.perf_counter() - t0:.0f} s]", flush=True)
     growth = _growth(rows)
     (_print_memory(rows, growth) if args.memory_only else _print(rows, growth, args.epochs))
+    stand_in = []
+    if args.stand_in:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from patches import stand_in_rows
+
+        stand_in = stand_in_rows(args.stand_in, max(args.sizes), args.batch_size)
     try:
         load = os.getloadavg()
     except OSError:
@@ -437,6 +447,7 @@ def main() -> None:
         "args": {k: v for k, v in vars(args).items() if not k.startswith("child")},
         "rows": rows,
         "growth": growth,
+        "stand_in": stand_in,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -28,6 +28,10 @@ def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "hyperst"
 
 
+def _default_read_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(expected_type(name, "True or False", value))
@@ -53,6 +57,8 @@ _CHECKS = {
     "progress_bar": _check_bool,
     "num_workers": _check_count,
     "read_ahead": _check_count,
+    "read_workers": _check_count,
+    "patch_cache_mb": _check_count,
     "cache_dir": _check_path,
 }
 
@@ -71,6 +77,13 @@ class Settings:
     read_ahead
         Batches of patches that feature extraction and prediction read in a background thread while the encoder
         works on the current one (memory: this many batches more). ``0`` reads them in turn with the encoding.
+    read_workers
+        Threads that crop and resize the patches of a batch (PIL and numpy release the GIL, so they run in
+        parallel). Defaults to the number of CPUs, at most 8; ``0`` or ``1`` works in the reading thread only.
+    patch_cache_mb
+        MiB of image chunks a patch reader keeps between batches, per pyramid level it reads (spot and niche
+        patches may come from two levels). Patches are read in bands across the slide, so each chunk is
+        read about once; the default 256 holds about 20 chunks of 2048 x 2048 px.
     cache_dir
         Where datasets and cached features are stored; defaults to ``$HYPERST_DATA_DIR`` or
         ``~/.cache/hyperst``. A string or path-like, stored as a :class:`~pathlib.Path` (``~`` expanded).
@@ -79,6 +92,8 @@ class Settings:
     progress_bar: bool = True
     num_workers: int = 0
     read_ahead: int = 1
+    read_workers: int = field(default_factory=_default_read_workers)
+    patch_cache_mb: int = 256
     cache_dir: Path = field(default_factory=_default_cache_dir)
     _verbosity: str = "info"
 

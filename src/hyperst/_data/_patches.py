@@ -8,6 +8,7 @@ dropped. Sizes are physical: a patch covers the same micrometres whatever the sc
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from .._settings import settings
 from .._utils import progress
 from .._validation import check_choice, check_positive, expected, expected_to
 from ._elements import image_levels
+from ._pixels import PAD_VALUE, ChunkedPixels, thread_map
 
 if TYPE_CHECKING:
     from spatialdata import SpatialData
@@ -28,9 +30,6 @@ if TYPE_CHECKING:
     from ._layout import SlideLayout
 
 __all__ = ["PatchGeometry", "PatchReader", "dihedral"]
-
-#: Fill value for pixels outside the image (H&E background is white).
-PAD_VALUE = 255
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
@@ -149,6 +148,8 @@ class PatchReader:
         self.downsample = [base.sizes["x"] / lvl.sizes["x"] for lvl in self.levels]
         self.sides = self.geometry.sides_px(layout)
         self._containers: dict[int, object] = {}
+        self._sources: dict[int, ChunkedPixels] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.layout.centres_px)
@@ -188,41 +189,34 @@ class PatchReader:
             out.append(arr.reshape(int(s), int(s), -1)[..., :3])
         return out
 
-    def _crops_direct(self, boxes: np.ndarray, level: int) -> list[np.ndarray]:
-        import dask
-        import dask.array as da
-
-        data = self.levels[level].data  # (c, y, x), numpy or dask
-        h, w = data.shape[1:]
-        pieces, pads = [], []
-        for x0, y0, s in boxes:
-            xa, ya = max(x0, 0), max(y0, 0)
-            xb, yb = min(x0 + s, w), min(y0 + s, h)
-            pieces.append(data[:, ya:yb, xa:xb])
-            pads.append(((ya - y0, y0 + s - yb), (xa - x0, x0 + s - xb)))
-        if isinstance(data, da.Array):
-            pieces = dask.compute(*pieces, scheduler="threads")
-        out = []
-        for piece, (py, px) in zip(pieces, pads, strict=True):
-            arr = np.moveaxis(np.asarray(piece), 0, -1)
-            if any(py) or any(px):
-                arr = np.pad(arr, (py, px, (0, 0)), constant_values=PAD_VALUE)
-            out.append(arr)
-        return out
+    def _pixels(self, level: int) -> ChunkedPixels:
+        if level not in self._sources:
+            self._sources[level] = ChunkedPixels(self.levels[level].data, cache_bytes=settings.patch_cache_mb * 2**20)
+        return self._sources[level]
 
     def _read(self, idx: np.ndarray, side_px: float) -> np.ndarray:
         from PIL import Image
 
         level = self._level_for(side_px)
         boxes = self.crop_boxes(idx, side_px, level)
-        crops = self._crops_squidpy(boxes, level) if self.method == "squidpy" else self._crops_direct(boxes, level)
         out_px = self.geometry.out_px
         batch = np.empty((len(idx), 3, out_px, out_px), dtype=np.uint8)
-        for i, crop in enumerate(crops):
+
+        def put(i: int, crop: np.ndarray) -> None:
             if crop.shape[0] != out_px or crop.shape[1] != out_px:
                 img = Image.fromarray(np.ascontiguousarray(crop)).resize((out_px, out_px), Image.Resampling.LANCZOS)
                 crop = np.asarray(img)
             batch[i] = np.moveaxis(crop, -1, 0)
+
+        if self.method == "squidpy":
+            for i, crop in enumerate(self._crops_squidpy(boxes, level)):
+                put(i, crop)
+            return batch
+        pixels = self._pixels(level)
+        with self._lock:  # the chunk cache is filled by one caller at a time; crops and resizes run in threads
+            for group in pixels.groups(boxes):
+                pixels.prepare(boxes[group])
+                thread_map(lambda i: put(i, pixels.crop(boxes[i])), group, settings.read_workers)
         return batch
 
     def read(self, idx: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -236,19 +230,35 @@ class PatchReader:
         spot_side, niche_side = self.sides
         return self._read(idx, spot_side), self._read(idx, niche_side)
 
+    def reading_order(self) -> np.ndarray:
+        """Table rows in the order :meth:`iter_batches` reads them: bands across the slide, in a snake.
+
+        Bands are as tall as the image's chunks (or the niche patch, if larger), so consecutive batches touch
+        the same chunks and the chunk cache reads each about once, whatever order the table's rows are in
+        (spatialdata-io's Visium tables are in barcode order, which is spatially random).
+        """
+        centres = self.layout.centres_px
+        data = self.levels[0].data
+        chunk = max(data.chunks[1]) if hasattr(data, "chunks") and data.chunks else 2048
+        band = np.floor(centres[:, 1] / max(float(chunk), self.sides[1])).astype(np.int64)
+        x = np.where(band % 2 == 0, centres[:, 0], -centres[:, 0])
+        return np.lexsort((x, band))
+
     def iter_batches(
         self, batch_size: int = 64, *, desc: str = "patches"
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(idx, spot, niche)`` for consecutive batches of spots, with a progress bar.
+        """Yield ``(idx, spot, niche)`` for batches of spots covering every spot once, with a progress bar.
 
-        Memory is bounded by a few batches: only the pixels under their patches are read. The next
-        ``hyperst.settings.read_ahead`` batches (default 1) are read in a background thread meanwhile.
+        ``idx`` holds the batch's table row positions, in :meth:`reading_order` (neighbours together), not
+        consecutive rows. Memory is bounded by a few batches and the chunk cache: only the image chunks under
+        their patches are read. The next ``hyperst.settings.read_ahead`` batches (default 1) are read in a
+        background thread meanwhile, each cropped and resized by ``hyperst.settings.read_workers`` threads.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(expected("batch_size", "a positive integer", batch_size))
         ahead = settings.read_ahead  # an integer >= 0, checked when set
-        n = len(self)
-        batches = [np.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        order = self.reading_order()
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         bar = progress(batches, total=len(batches), desc=desc, unit="batch")
         if ahead == 0 or len(batches) < 2:
             for idx in bar:
