@@ -13,6 +13,8 @@ __all__ = [
     "MONITORS",
     "OUTPUT_TABLE_FLAG",
     "PATCH_SIZE_PX",
+    "PSEUDOSPOTS_KEY",
+    "PSEUDOSPOT_UM",
     "SPOT_DIAMETER_UM",
     "SPOT_PATCH_UM",
     "STREAMS",
@@ -158,6 +160,10 @@ class Keys:
         """``uns`` key of provenance."""
         return self.stem
 
+    def bins_table(self, source: str) -> str:
+        """``sdata.tables`` key of the predictions copied to the bins or cells of table ``source``."""
+        return f"{self.stem}_{source}"
+
     def stream_embedding(self, stream: str) -> str:
         """``obsm`` key of one of the four :data:`STREAMS`' Lorentz embedding."""
         suffix = {"spot_image": "", "niche_image": "_niche", "spot_gene": "_gene", "niche_gene": "_gene_niche"}
@@ -184,5 +190,11 @@ class Provenance:
 OUTPUT_TABLE_FLAG = "hyperst_output_table"
 #: Default ``sdata.tables`` key of the tile table :func:`hyperst.pp.tile` writes, and its ``uns`` key of parameters.
 TILES_KEY = "hyperst_tiles"
+#: Default ``sdata.tables`` key of the pseudo-spot table :func:`hyperst.pp.pseudospots` writes, and its ``uns`` key of
+#: parameters; its circles are ``shapes[f"{key}_spots"]`` and each bin's or cell's pseudo-spot is
+#: ``obs[f"{key}_id"]`` of the bins' or cells' table.
+PSEUDOSPOTS_KEY = "hyperst_pseudospots"
+#: Default side of a pseudo-spot in micrometres (7 x 7 Visium HD bins of 8 µm, about a Visium spot).
+PSEUDOSPOT_UM = 56.0
 #: ``sdata.attrs`` key describing how a :func:`hyperst.datasets.synthetic` slide was made.
 SYNTHETIC_ATTRS = "hyperst_synthetic"

@@ -1,11 +1,13 @@
 """Turn SpatialData slides into arrays: element resolution, spot geometry, patches (never imports ``nn``)."""
 
-from ._elements import SlideElements, as_spatialdata, input_tables, resolve_elements
+from ._elements import SlideElements, as_spatialdata, fine_kind, input_tables, resolve_elements
 from ._layout import GridInfo, SlideLayout, detect_grid, slide_layout
+from ._members import Members, members
 from ._patches import PatchGeometry, PatchReader, dihedral
 
 __all__ = [
     "GridInfo",
+    "Members",
     "PatchGeometry",
     "PatchReader",
     "SlideElements",
@@ -13,7 +15,9 @@ __all__ = [
     "as_spatialdata",
     "detect_grid",
     "dihedral",
+    "fine_kind",
     "input_tables",
+    "members",
     "resolve_elements",
     "slide_layout",
 ]

@@ -9,12 +9,13 @@ several resolutions (spatialdata-io's Visium reader writes ``*_full_image``, ``*
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._constants import OUTPUT_TABLE_FLAG
+from .._constants import OUTPUT_TABLE_FLAG, PSEUDOSPOTS_KEY
 from .._validation import expected_type, pick_one
 
 if TYPE_CHECKING:
@@ -27,8 +28,10 @@ __all__ = [
     "ADD_TABLE",
     "SlideElements",
     "as_spatialdata",
+    "fine_kind",
     "image_levels",
     "input_tables",
+    "pick_image",
     "resolve_elements",
     "shapes_to_image_affine",
 ]
@@ -47,6 +50,17 @@ ADD_CIRCLES = (
 ADD_IMAGE = (
     "Add the H&E image with `sdata.images[<key>] = spatialdata.models.Image2DModel.parse(...)` in the spots' "
     "coordinate system."
+)
+
+
+#: Table names of spatialdata-io's Visium HD reader: one table per bin size.
+BIN_TABLE = re.compile(r"square_(\d{3})um")
+#: ``sdata.attrs["spatialdata_io_reader"]`` of the readers whose polygons are bins or cells, not spots.
+_FINE_READERS = ("visium_hd", "xenium")
+#: Fix-it sentence for a slide of bins or cells.
+ADD_PSEUDOSPOTS = (
+    "Aggregate them into pseudo-spots first with `hyperst.pp.pseudospots(sdata, table_key=...)` "
+    "(`hyperst.tl.fit` and `hyperst.tl.predict` do it when no table of spots is left to choose)."
 )
 
 
@@ -129,9 +143,90 @@ def _circle_shapes(sdata: SpatialData) -> list[str]:
     return [k for k, gdf in sdata.shapes.items() if "radius" in gdf.columns]
 
 
-def input_tables(sdata: SpatialData) -> list[str]:
-    """Return the keys of the tables that may be input: all but those hyperst wrote (predictions)."""
-    return [k for k, t in sdata.tables.items() if not t.uns.get(OUTPUT_TABLE_FLAG, False)]
+def input_tables(sdata: SpatialData, *, fine: bool = False) -> list[str]:
+    """Return the keys of the tables of spots that may be input.
+
+    Not those hyperst wrote (predictions), and not tables of bins or cells (:func:`fine_kind`) unless ``fine``.
+    """
+    keys = [k for k, t in sdata.tables.items() if not t.uns.get(OUTPUT_TABLE_FLAG, False)]
+    return keys if fine else [k for k in keys if fine_kind(sdata, k) is None]
+
+
+def fine_kind(sdata: SpatialData, table_key: str) -> str | None:
+    """``"bins"`` or ``"cells"`` when table ``table_key`` holds Visium HD bins or cells, ``None`` for spots.
+
+    Bins: a table named as spatialdata-io's Visium HD reader names them (``square_008um``), or annotating
+    polygons with ``array_row``/``array_col`` on a slide that reader read. Cells: a table annotating labels or
+    points, polygons on a slide read by spatialdata-io's Visium HD or Xenium reader, or any table of a slide
+    the Xenium reader read. Tables of pseudo-spots
+    (:func:`hyperst.pp.pseudospots`) and of virtual spots (:func:`hyperst.pp.tile`) are spots.
+    """
+    from spatialdata.models import get_table_keys
+
+    table = sdata.tables[table_key]
+    if isinstance(table.uns.get(PSEUDOSPOTS_KEY), dict) or table.uns.get(OUTPUT_TABLE_FLAG, False):
+        return None
+    if BIN_TABLE.fullmatch(table_key):
+        return "bins"
+    try:
+        region = get_table_keys(table)[0]
+    except (KeyError, ValueError, TypeError):
+        return None
+    regions = [region] if isinstance(region, str) else list(region)
+    lattice = {"array_row", "array_col"} <= set(table.obs.columns)
+    reader = sdata.attrs.get("spatialdata_io_reader")
+    for name in regions:
+        if name in sdata.labels or name in sdata.points:
+            return "cells"
+        if name in sdata.shapes and "radius" not in sdata.shapes[name].columns and reader in _FINE_READERS:
+            return "bins" if lattice and reader == "visium_hd" else "cells"
+    return "cells" if reader == "xenium" else None
+
+
+def _n_channels(image: object) -> int:
+    return int(image_levels(image)[0].sizes.get("c", 0))
+
+
+def pick_image(
+    sdata: SpatialData, shapes_key: str, image_key: str | None, *, what: str = "spots"
+) -> tuple[str, np.ndarray]:
+    """Name the image for the shapes ``shapes_key`` and return it with the shapes-to-image-pixels affine.
+
+    A given ``image_key`` is checked; otherwise the finest image aligned with the shapes (sharing a coordinate
+    system) is taken, among the RGB ones when there are any (a Xenium slide's morphology image is finer than
+    its H&E, and not an H&E).
+    """
+    aligned: dict[str, np.ndarray] = {}
+    for name in sdata.images:
+        affine = shapes_to_image_affine(sdata, shapes_key, name)
+        if affine is not None:
+            aligned[name] = affine
+    if image_key is not None:
+        if image_key not in sdata.images:
+            pick_one(image_key, list(sdata.images), "image_key", "sdata.images", "image")
+        if image_key not in aligned:
+            msg = (
+                f"Image `{image_key!r}` shares no coordinate system with the {what} `{shapes_key!r}`. "
+                "Register both in one coordinate system with `spatialdata.transformations.set_transformation`."
+            )
+            raise ValueError(msg)
+        return image_key, aligned[image_key]
+    if not aligned:
+        msg = (
+            f"Found no image aligned with the {what} `{shapes_key!r}` (sharing a coordinate system) in "
+            f"`sdata.images` ({sorted(sdata.images)}). {ADD_IMAGE}"
+        )
+        raise ValueError(msg)
+    rgb = {k: a for k, a in aligned.items() if _n_channels(sdata.images[k]) == 3}
+    candidates = rgb or aligned
+    # pixels per shapes unit: the finest image is the full-resolution one
+    density = {k: float(np.sqrt(abs(np.linalg.det(a[:2, :2])))) for k, a in candidates.items()}
+    best = max(density.values())
+    finest = [k for k, v in density.items() if v >= best * 0.99]
+    image_key = pick_one(None, finest, "image_key", "sdata.images", f"full-resolution image aligned with the {what}")
+    if len(aligned) > 1:
+        logger.info("Using image `%s`, the finest RGB image of %s.", image_key, sorted(aligned))
+    return image_key, aligned[image_key]
 
 
 def resolve_elements(
@@ -160,7 +255,20 @@ def resolve_elements(
     """
     from spatialdata.models import get_table_keys
 
-    tables = input_tables(sdata)
+    tables = input_tables(sdata, fine=True)
+    if table_key is None:
+        fine = {k: fine_kind(sdata, k) for k in tables}
+        spots = [k for k in tables if fine[k] is None]
+        if not spots and tables:
+            msg = (
+                f"The slide holds no table of spots: its tables {sorted(tables)} hold "
+                f"{' and '.join(sorted(set(fine.values())))}, not spots. {ADD_PSEUDOSPOTS}"
+            )
+            raise ValueError(msg)
+        tables = spots
+    elif table_key in tables and (kind := fine_kind(sdata, table_key)) is not None:
+        msg = f"Table `{table_key!r}` holds {kind}, not spots, so it cannot be used as spots. {ADD_PSEUDOSPOTS}"
+        raise ValueError(msg)
     table_key = pick_one(table_key, tables, "table_key", "sdata.tables", "table of spots", fix=ADD_TABLE)
     table = sdata.tables[table_key]
     try:
@@ -185,32 +293,5 @@ def resolve_elements(
     if not need_image:
         return SlideElements(table_key, shapes_key, image_key or "", region_key, instance_key, np.eye(3))
 
-    aligned: dict[str, np.ndarray] = {}
-    for name in sdata.images:
-        affine = shapes_to_image_affine(sdata, shapes_key, name)
-        if affine is not None:
-            aligned[name] = affine
-    if image_key is not None:
-        if image_key not in sdata.images:
-            pick_one(image_key, list(sdata.images), "image_key", "sdata.images", "image")
-        if image_key not in aligned:
-            msg = (
-                f"Image `{image_key!r}` shares no coordinate system with the spots `{shapes_key!r}`. "
-                "Register both in one coordinate system with `spatialdata.transformations.set_transformation`."
-            )
-            raise ValueError(msg)
-        return SlideElements(table_key, shapes_key, image_key, region_key, instance_key, aligned[image_key])
-    if not aligned:
-        msg = (
-            f"Found no image aligned with the spots `{shapes_key!r}` (sharing a coordinate system) in "
-            f"`sdata.images` ({sorted(sdata.images)}). {ADD_IMAGE}"
-        )
-        raise ValueError(msg)
-    # pixels per shapes unit: the finest image is the full-resolution one
-    density = {k: float(np.sqrt(abs(np.linalg.det(a[:2, :2])))) for k, a in aligned.items()}
-    best = max(density.values())
-    finest = [k for k, v in density.items() if v >= best * 0.99]
-    image_key = pick_one(None, finest, "image_key", "sdata.images", "full-resolution image aligned with the spots")
-    if len(aligned) > 1:
-        logger.info("Using image `%s`, the finest of %s.", image_key, sorted(aligned))
-    return SlideElements(table_key, shapes_key, image_key, region_key, instance_key, aligned[image_key])
+    image_key, affine = pick_image(sdata, shapes_key, image_key)
+    return SlideElements(table_key, shapes_key, image_key, region_key, instance_key, affine)

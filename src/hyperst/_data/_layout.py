@@ -2,7 +2,9 @@
 
 The spot centres come from the circles' geometry mapped into the full-resolution image through spatialdata's
 transformations. The physical scale comes from the spot diameter (Visium 55 µm, legacy ST 100 µm, told apart
-by the grid: hexagonal for Visium, square for ST) unless the user gives microns per pixel.
+by the grid: hexagonal for Visium, square for ST) unless the user gives microns per pixel. Pseudo-spots
+(:func:`hyperst.pp.pseudospots`) lie on a square lattice whose pitch is their side, and their table records that
+side in micrometres, which gives the scale.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._constants import GRID_PITCH_UM, SPOT_DIAMETER_UM
+from .._constants import GRID_PITCH_UM, PSEUDOSPOTS_KEY, SPOT_DIAMETER_UM
 from .._validation import check_positive, expected_in
 from ._elements import SlideElements, image_levels, resolve_elements
 
@@ -56,10 +58,15 @@ class SlideLayout:
     scale_source: str
     #: ``(height, width)`` of the full-resolution image (``(0, 0)`` without image).
     image_shape: tuple[int, int]
+    #: Platform of the bins or cells that pseudo-spots were aggregated from (``"visium_hd"``, ``"xenium"``,
+    #: ``"cells"``), ``None`` for spots.
+    platform: str | None = None
 
     @property
     def technology(self) -> str:
-        """``'visium'`` (hex grid), ``'st'`` (square grid) or ``'unknown'``."""
+        """``'visium'`` (hex grid), ``'st'`` (square grid), the pseudo-spots' platform, or ``'unknown'``."""
+        if self.platform is not None:
+            return self.platform
         return {"hex": "visium", "square": "st"}.get(self.grid.kind, "unknown")
 
     def um_to_px(self, um: float) -> float:
@@ -255,6 +262,10 @@ def slide_layout(
     diameter_px = float(np.median(radius)) * 2 * float(np.sqrt(sx * sy)) if len(radius) else float("nan")
     # the lattice is a property of all circles, so a QC-filtered table still shows its grid
     grid = detect_grid(all_centres)
+    pseudo = sdata.tables[el.table_key].uns.get(PSEUDOSPOTS_KEY)
+    platform = None
+    if isinstance(pseudo, dict):  # a square lattice whose pitch is the pseudo-spots' side (their diameter)
+        grid, platform = GridInfo("square", diameter_px, 4), str(pseudo.get("platform", "cells"))
 
     image_shape = (0, 0)
     if need_image:
@@ -265,10 +276,13 @@ def slide_layout(
         mpp = float(check_positive(microns_per_pixel, "microns_per_pixel"))
         source = "given"
     else:
-        tech = {"hex": "visium", "square": "st"}.get(grid.kind)
+        tech = {"hex": "visium", "square": "st"}.get(grid.kind) if platform is None else None
         if spot_diameter_um is not None:
             diam_um = float(check_positive(spot_diameter_um, "spot_diameter_um"))
             source = f"spot diameter {diam_um:g} µm (given)"
+        elif platform is not None:
+            diam_um = float(pseudo["size_um"])
+            source = f"pseudo-spots of {diam_um:g} µm ({pseudo.get('scale_source', platform)})"
         elif tech is not None:
             diam_um = SPOT_DIAMETER_UM[tech]
             source = f"spot diameter {diam_um:g} µm ({'Visium' if tech == 'visium' else 'legacy ST'} grid)"
@@ -319,4 +333,5 @@ def slide_layout(
         microns_per_pixel=mpp,
         scale_source=source,
         image_shape=image_shape,
+        platform=platform,
     )

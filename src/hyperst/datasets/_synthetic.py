@@ -23,7 +23,7 @@ from ._synthetic_tissue import DOMAINS, PARENT, SUBDOMAINS, make_layout
 if TYPE_CHECKING:
     from ._synthetic_tissue import Layout
 
-__all__ = ["synthetic"]
+__all__ = ["synthetic", "visium_images"]
 
 _HIRES_UM_PER_PX = 4.0  # like a Visium ``tissue_hires_image.png`` (about 2000 px over the capture area)
 _LOWRES_LONG_SIDE_PX = 600
@@ -214,58 +214,69 @@ def _slide(
     counts = sample_counts(rng, programs, layout.subdomain, nuclear_fraction, composition)
     adata = _table(dataset_id, rng, layout, counts, programs, microns_per_pixel)
 
-    hires = downscale(image, hires_factor)
-    lowres_factor = max(1, round(max(hires.shape[1:]) / _LOWRES_LONG_SIDE_PX))
-    lowres = downscale(hires, lowres_factor)
-    hires_scalef = 1.0 / hires_factor
-    lowres_scalef = hires_scalef / lowres_factor
-
-    # from here on, as spatialdata_io.readers.visium lays out a sample
-    transform_original = Identity()
-    transform_lowres = Scale(np.array([lowres_scalef, lowres_scalef]), axes=("y", "x"))
-    transform_hires = Scale(np.array([hires_scalef, hires_scalef]), axes=("y", "x"))
+    images, transformations, scalefactors = visium_images(dataset_id, image, hires_factor)
     circles = ShapesModel.parse(
         adata.obsm["spatial"],
         geometry=0,
         radius=radius_px,
         index=adata.obs["spot_id"].copy(),
-        transformations={
-            dataset_id: transform_original,
-            f"{dataset_id}_downscaled_hires": transform_hires,
-            f"{dataset_id}_downscaled_lowres": transform_lowres,
-        },
+        transformations=transformations,
     )
     table = TableModel.parse(adata, region=dataset_id, region_key="region", instance_key="spot_id")
-    images = {
-        f"{dataset_id}_full_image": Image2DModel.parse(
-            DataArray(image, dims=("c", "y", "x")),
-            scale_factors=[2, 2],
-            transformations={dataset_id: transform_original},
-            rgb=None,
-        ),
-        f"{dataset_id}_hires_image": Image2DModel.parse(
-            DataArray(hires, dims=("c", "y", "x")),
-            transformations={
-                f"{dataset_id}_downscaled_hires": Identity(),
-                dataset_id: transform_hires.inverse(),
-            },
-            rgb=None,
-        ),
-        f"{dataset_id}_lowres_image": Image2DModel.parse(
-            DataArray(lowres, dims=("c", "y", "x")),
-            transformations={
-                f"{dataset_id}_downscaled_lowres": Identity(),
-                dataset_id: transform_lowres.inverse(),
-            },
-            rgb=None,
-        ),
-    }
     sdata = SpatialData(images=images, shapes={dataset_id: circles}, tables={"table": table})
     sdata.attrs[SYNTHETIC_ATTRS] = {
         "technology": technology,
         "microns_per_pixel": microns_per_pixel,
         "spot_diameter_fullres": 2.0 * radius_px,
-        "tissue_hires_scalef": hires_scalef,
-        "tissue_lowres_scalef": lowres_scalef,
+        **scalefactors,
     }
     return sdata
+
+
+def visium_images(
+    dataset_id: str, image: np.ndarray, hires_factor: int
+) -> tuple[dict[str, DataArray], dict[str, object], dict[str, float]]:
+    """Lay out a sample's full, hires and lowres images as spatialdata-io's Visium (and Visium HD) readers do.
+
+    Parameters
+    ----------
+    dataset_id
+        The sample's name: the coordinate system of the full-resolution pixels.
+    image
+        ``(3, height, width)`` uint8 full-resolution image.
+    hires_factor
+        Full-resolution pixels per hires pixel.
+
+    Returns
+    -------
+    ``(images, transformations, scalefactors)``: the image elements, the transformations of shapes drawn in
+    full-resolution pixels (one per coordinate system) and the hires and lowres scale factors.
+    """
+    hires = downscale(image, hires_factor)
+    lowres_factor = max(1, round(max(hires.shape[1:]) / _LOWRES_LONG_SIDE_PX))
+    lowres = downscale(hires, lowres_factor)
+    hires_scalef = 1.0 / hires_factor
+    lowres_scalef = hires_scalef / lowres_factor
+    transform_lowres = Scale(np.array([lowres_scalef, lowres_scalef]), axes=("y", "x"))
+    transform_hires = Scale(np.array([hires_scalef, hires_scalef]), axes=("y", "x"))
+    transformations = {
+        dataset_id: Identity(),
+        f"{dataset_id}_downscaled_hires": transform_hires,
+        f"{dataset_id}_downscaled_lowres": transform_lowres,
+    }
+    images = {
+        f"{dataset_id}_full_image": Image2DModel.parse(
+            DataArray(image, dims=("c", "y", "x")),
+            scale_factors=[2, 2],
+            transformations={dataset_id: Identity()},
+            rgb=None,
+        ),
+    }
+    for name, small, transform in (("hires", hires, transform_hires), ("lowres", lowres, transform_lowres)):
+        images[f"{dataset_id}_{name}_image"] = Image2DModel.parse(
+            DataArray(small, dims=("c", "y", "x")),
+            transformations={f"{dataset_id}_downscaled_{name}": Identity(), dataset_id: transform.inverse()},
+            rgb=None,
+        )
+    scalefactors = {"tissue_hires_scalef": hires_scalef, "tissue_lowres_scalef": lowres_scalef}
+    return images, transformations, scalefactors

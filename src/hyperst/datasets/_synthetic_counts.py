@@ -134,6 +134,7 @@ def sample_counts(
     subdomain: np.ndarray,
     nuclear_fraction: np.ndarray,
     composition: np.ndarray,
+    size_factor: float | np.ndarray = 1.0,
 ) -> np.ndarray:
     """Sample the ``(N, G)`` integer counts of one slide.
 
@@ -149,6 +150,9 @@ def sample_counts(
         ``(N,)`` fraction of nuclear pixels under each spot.
     composition
         ``(N, n_domains)`` neighbour composition from :func:`niche_composition`.
+    size_factor
+        Expected counts relative to a Visium spot's, scalar or ``(N,)``: the captured area of a bin or a cell
+        over a 55 µm spot's (1 for spots).
 
     Returns
     -------
@@ -166,4 +170,6 @@ def sample_counts(
     )
     shape = programs.dispersion[None, :]
     mean = np.exp(log_mean) * rng.gamma(shape, 1.0 / shape, size=log_mean.shape)
+    if not np.all(np.asarray(size_factor) == 1.0):
+        mean *= np.reshape(size_factor, (-1, 1)) if np.ndim(size_factor) else size_factor
     return rng.poisson(mean)

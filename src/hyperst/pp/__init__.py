@@ -1,6 +1,7 @@
-"""Preprocessing: the niche graph of the spots, virtual spots over the tissue of an H&E image."""
+"""Preprocessing: the niche graph, virtual spots over an H&E image, pseudo-spots from Visium HD bins or cells."""
 
 from ._niche import niche_graph
+from ._pseudospots import pseudospots
 from ._tile import tile
 
-__all__ = ["niche_graph", "tile"]
+__all__ = ["niche_graph", "pseudospots", "tile"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._constants import DEFAULT_KEY, Keys
+from .._constants import DEFAULT_KEY, PSEUDOSPOTS_KEY, Keys
 from .._data import as_spatialdata, slide_layout
 from .._docs import doc_params
 from .._utils import quiet_loggers
@@ -55,7 +55,10 @@ def niche_graph(
     neighbours) and legacy ST (square, 4 neighbours), detected from the spot layout, and a k-nearest-neighbour
     graph (``n_neighs``, default 6) for other layouts. Spot centres are read from the circles through the
     table's ``instance_key``, so tables filtered after reading work; ``obsm['spatial']`` is never changed. A
-    table of a single spot gets an empty graph (the spot is its own niche).
+    table of a single spot gets an empty graph (the spot is its own niche). Pseudo-spots
+    (:func:`hyperst.pp.pseudospots`) are linked by their lattice indices (``array_row``, ``array_col``): the
+    4 neighbours per ring that squidpy's grid graph gives on a full square lattice, exactly, also where the
+    tissue leaves pseudo-spots isolated.
 
     Parameters
     ----------
@@ -112,6 +115,18 @@ def niche_graph(
             "params": {"grid": "none", "n_rings": n_rings, "pitch": float("nan")},
         }
         return _store(table, empty, empty.copy(), params, keys, inplace)
+    if isinstance(table.uns.get(PSEUDOSPOTS_KEY), dict) and {"array_row", "array_col"} <= set(table.obs.columns):
+        from .._data._aggregate import lattice_graph
+
+        conn, dist = lattice_graph(
+            table.obs["array_row"].to_numpy(np.int64), table.obs["array_col"].to_numpy(np.int64), n_rings
+        )
+        params = {
+            "connectivities_key": keys.connectivities,
+            "distances_key": keys.distances,
+            "params": {"grid": "pseudospots", "n_rings": n_rings, "n_neighbors": 4},
+        }
+        return _store(table, conn, dist, params, keys, inplace)
     grid = detect_grid(centres)
     tmp = AnnData(obs={"_": np.zeros(len(centres))}, obsm={"spatial": centres})
     k = n_neighs if n_neighs is not None else 6

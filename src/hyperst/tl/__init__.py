@@ -1,8 +1,9 @@
-"""Tools: train, predict, embed, evaluate."""
+"""Tools: train, predict, embed, evaluate, and predictions back to Visium HD bins or cells."""
 
 from ._evaluate import evaluate
 from ._fit import fit
 from ._poincare import poincare
 from ._predict import predict
+from ._to_bins import to_bins
 
-__all__ = ["evaluate", "fit", "poincare", "predict"]
+__all__ = ["evaluate", "fit", "poincare", "predict", "to_bins"]

@@ -68,7 +68,11 @@ def predict(
     """Predict expression and hyperbolic embeddings for every spot, from the H&E image.
 
     Counts are optional: with them, the gene-side embeddings are written too. Spots near the border are
-    padded, never dropped. A slide with no spots at all can be tiled first with :func:`hyperst.pp.tile`.
+    padded, never dropped. A slide with no spots at all can be tiled first with :func:`hyperst.pp.tile`. A
+    slide of Visium HD bins or Xenium cells without a table of spots is first summed into pseudo-spots by
+    :func:`hyperst.pp.pseudospots` at its defaults (56 µm); with ``inplace=True`` they are added to ``sdata``
+    (``shapes['hyperst_pseudospots_spots']``, ``tables['hyperst_pseudospots']``) and the results below are
+    written to their table. :func:`hyperst.tl.to_bins` then copies the predictions to the bins or cells.
 
     Parameters
     ----------
@@ -131,7 +135,12 @@ def predict(
     _check_arguments(model, views, coverage)
     keys = Keys(key_added)
     slide = load_slide(
-        sdata, table_key=table_key, image_key=image_key, shapes_key=shapes_key, microns_per_pixel=microns_per_pixel
+        sdata,
+        table_key=table_key,
+        image_key=image_key,
+        shapes_key=shapes_key,
+        microns_per_pixel=microns_per_pixel,
+        write_pseudospots=inplace,
     )
     extractor = extractor_for(model.encoder, model.module.n_features)
     spot, niche = extract_features(

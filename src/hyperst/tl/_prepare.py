@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .._constants import PSEUDOSPOTS_KEY
 from .._data import PatchGeometry, SlideLayout, as_spatialdata, slide_layout
 from .._data._genes import counts_matrix, niche_mean
 from .._data._target import on_target_scale, target_counts
@@ -52,9 +53,24 @@ def load_slide(
     image_key: str | None,
     shapes_key: str | None,
     microns_per_pixel: float | None,
+    write_pseudospots: bool = False,
 ) -> SlideInput:
-    """Resolve a slide's elements and geometry."""
-    sdata = as_spatialdata(data)
+    """Resolve a slide's elements and geometry.
+
+    Visium HD bins or cells become pseudo-spots: written into the slide with ``write_pseudospots``, else held
+    in a new SpatialData that shares the image.
+    """
+    from ..pp._pseudospots import spots_or_pseudospots
+
+    converted = as_spatialdata(data)
+    sdata, table_key, shapes_key = spots_or_pseudospots(
+        converted,
+        table_key=table_key,
+        shapes_key=shapes_key,
+        image_key=image_key,
+        microns_per_pixel=microns_per_pixel,
+        write=write_pseudospots,
+    )
     layout = slide_layout(
         sdata,
         table_key=table_key,
@@ -63,9 +79,10 @@ def load_slide(
         microns_per_pixel=microns_per_pixel,
     )
     table = sdata.tables[layout.elements.table_key]
-    if sdata is not data:  # a legacy AnnData: it carries the hires and lowres images only
+    if converted is not data:  # a legacy AnnData: it carries the hires and lowres images only
         _warn_legacy_image(data, layout)
-    return SlideInput(layout.elements.shapes_key, sdata, layout, table)
+    name = table.uns.get(PSEUDOSPOTS_KEY, {}).get("source_shapes", layout.elements.shapes_key)
+    return SlideInput(name, sdata, layout, table)
 
 
 def _warn_legacy_image(adata: AnnData, layout: SlideLayout) -> None:
