@@ -255,3 +255,14 @@ def test_cells_without_a_known_scale_ask_for_the_pixel_size(xenium):
         members(xenium, "table")
     m = members(xenium, "table", microns_per_pixel=1.0)
     assert m.microns_per_pixel == 1.0
+
+
+def test_tile_finds_the_pixel_size_from_bins_or_cells(hd, xenium):
+    hst.pp.tile(hd)
+    params = hd.tables["hyperst_tiles"].uns["hyperst_tiles"]
+    assert (
+        params["microns_per_pixel"] == pytest.approx(1.0) and "bins of table 'square_008um'" in params["scale_source"]
+    )
+    hst.pp.tile(xenium)
+    assert xenium.tables["hyperst_tiles"].uns["hyperst_tiles"]["microns_per_pixel"] == pytest.approx(1.0)
+    assert slide_layout(hd, table_key="hyperst_tiles").microns_per_pixel == pytest.approx(1.0)

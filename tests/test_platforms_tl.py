@@ -119,6 +119,7 @@ def test_a_visium_model_predicts_visium_hd_and_the_reverse_with_sizes_in_um(
     assert _mean_pcc(visium) > 0.15
 
 
+@pytest.mark.slow  # the real Xenium sample (tests/test_real_xenium.py) runs the same steps by default
 def test_xenium_fit_predict_evaluate_and_cells(feature_cache, one_torch_thread):
     slides = hst.datasets.synthetic_xenium(3, tissue_mm2=0.12, n_genes=40, seed=2)
     model = hst.tl.fit(slides[:2], genes=20, cache=feature_cache, **{**FIT, "max_epochs": 6})

@@ -85,6 +85,15 @@ def _find_mpp(sdata: SpatialData, image_key: str) -> tuple[float, str] | None:
         params = table.uns.get(TILES_KEY)
         if _is_tiles(table) and params.get("image_key") == image_key:
             return float(params["microns_per_pixel"]), f"earlier tiling {key!r}"
+    from .._data import input_tables, members
+
+    for key in input_tables(sdata, fine=True):  # Visium HD bins (their size) or Xenium cells (their µm)
+        try:
+            found = members(sdata, key, image_key=image_key)
+        except (KeyError, ValueError, TypeError) as err:
+            logger.debug("Table `%s` gives no pixel size for image `%s`: %s", key, image_key, err)
+            continue
+        return found.microns_per_pixel, f"{found.kind} of table {key!r} ({found.scale_source})"
     return None
 
 
@@ -188,8 +197,8 @@ def tile(
         Diameter of the virtual spots, in micrometres (Visium: 55).
     microns_per_pixel
         Pixel size of the finest level of the image. When ``None``, it is derived from spot circles already
-        aligned with the image (or taken from an earlier tiling of the image), and an error asks for it when
-        there are none.
+        aligned with the image (or taken from an earlier tiling of the image, or from Visium HD bins or Xenium
+        cells aligned with it), and an error asks for it when there are none.
     min_tissue
         Fraction of a spot's circle, in ``(0, 1]``, that must be tissue for the spot to be kept.
     key_added
