@@ -14,6 +14,11 @@ PCC@10/50/200, MSE and MAE; the table gives mean ± std over folds. One invocati
     python benchmarks/accuracy.py --folds C3 --genes hmhvg200 --target log2 --max-epochs 5  # smoke run
     python benchmarks/accuracy.py --genes hist2st --target log2_cp10k --fit monitor=mse embed_dim=256 \
         --out benchmarks/results/accuracy_squidpy_hist2st_log2_cp10k_wide.json   # options for every HyperST fit
+    python benchmarks/accuracy.py --genes hmhvg200 --target log2 --methods ridge mlp bleep
+    python benchmarks/accuracy.py --genes hmhvg200 --target log2 --methods hyperst --add   # into the same file
+
+``--add`` adds the methods (and folds) it runs to the results already in the output file, which must have the
+same settings; methods already there are not run again, and every command is kept in the file's ``commands``.
 
 Methods (``--methods``):
 
@@ -255,6 +260,23 @@ def _metrics(test_sdata, genes: list[str], pred: np.ndarray, target: str) -> dic
     return {k: float(m[k]["pooled"]) for k in METRICS}
 
 
+#: Settings that must agree for ``--add`` to put two runs into one file.
+_SAME = ("sections", "encoder", "weights", "weights_sha256", "genes", "target", "fit_options", "max_epochs", "seed")
+
+
+def _earlier(out: Path, partial: Path, header: dict) -> dict:
+    """Folds already in ``out`` (or in its partial file) by held-out section, and its commands (``_commands``)."""
+    path = out if out.is_file() else partial
+    if not path.is_file():
+        return {"_commands": []}
+    old = json.loads(path.read_text())
+    differ = [k for k in _SAME if old["settings"].get(k) != header["settings"][k]]
+    if differ:
+        msg = f"--add: {path} was made with other settings ({differ}); pass another --out"
+        raise SystemExit(msg)
+    return {"_commands": old.get("commands", [old["command"]]), **{f["test"]: f for f in old["folds"]}}
+
+
 def _genes(choice: str, slides: dict, train: list[str], data: Path) -> list[str]:
     if choice == "hist2st":
         ordered = [g.strip() for g in (data / "hist2st_genes.txt").read_text().split() if g.strip()]
@@ -293,6 +315,7 @@ def main() -> None:
         help="options passed to every hst.tl.fit of the HyperST methods, e.g. monitor=mse embed_dim=256",
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument("--add", action="store_true", help="add to the results in --out (same settings)")
     args = parser.parse_args()
     try:
         fit_options = dict(_option(o) for o in args.fit)
@@ -358,14 +381,26 @@ def main() -> None:
         "hyperst": hst.__version__,
         "feature_seconds": t_features,
     }
-    folds_out = []
     partial = out.with_name(out.stem + ".partial.json")
+    earlier = _earlier(out, partial, header) if args.add else {}
+    if args.add:
+        header["commands"] = [*earlier.pop("_commands"), header["command"]]
+        done = {m for f in earlier.values() for m in f["methods"]}
+        header["settings"]["methods"] = [m for m in METHODS if m in done or m in args.methods]
+    new_folds = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     for test in folds:
         train = [s for s in args.sections if s != test]
         genes = _genes(args.genes, slides, train, data)
         val = _val_names(train, cfg)
-        fold = {"test": test, "train": train, "validation": sorted(val), "n_genes": len(genes), "methods": {}}
+        fold = earlier.get(test) or {
+            "test": test,
+            "train": train,
+            "validation": sorted(val),
+            "n_genes": len(genes),
+            "methods": {},
+        }
+        assert fold["n_genes"] == len(genes) and fold["validation"] == sorted(val), test
         fit_slides = [slides[s] for s in train]
         xs = {s: _xy(inputs[s], genes, cfg) for s in args.sections}
         keep = {s: xs[s][1].sum(1) > 0 for s in train}  # tl.fit skips spots without counts of the model genes
@@ -374,7 +409,7 @@ def main() -> None:
         xva = np.concatenate([xs[s][0][keep[s]] for s in train if s in val])
         yva = np.concatenate([xs[s][1][keep[s]] for s in train if s in val])
         xte = xs[test][0]
-        for method in args.methods:
+        for method in (m for m in args.methods if m not in fold["methods"]):
             t0 = time.perf_counter()
             info: dict = {}
             if method in ABLATIONS:
@@ -406,13 +441,17 @@ def main() -> None:
                 f"MSE {metrics['mse']:.3f}  {seconds:.0f} s",
                 flush=True,
             )
-        folds_out.append(fold)
+        new_folds[test] = fold
+        folds_out = [new_folds.get(s) or earlier[s] for s in args.sections if s in new_folds or s in earlier]
         partial.write_text(json.dumps({**header, "folds": folds_out}, indent=2))  # survives an interrupted run
 
+    methods = header["settings"]["methods"]
+    header["settings"]["folds"] = [f["test"] for f in folds_out]
     summary = {}
-    for method in args.methods:
-        rows = [f["methods"][method] for f in folds_out]
+    for method in methods:
+        rows = [f["methods"][method] for f in folds_out if method in f["methods"]]
         summary[method] = {
+            "n_folds": len(rows),
             **{
                 k: {
                     "mean": float(np.mean([r[k] for r in rows])),
@@ -424,14 +463,15 @@ def main() -> None:
         }
     print()
     print(
-        f"HER2ST leave-one-section-out, held out {folds}; encoder {args.encoder} (weights={weights}); genes "
+        f"HER2ST leave-one-section-out, held out {header['settings']['folds']}; encoder {args.encoder} "
+        f"(weights={weights}); genes "
         f"{args.genes} ({folds_out[0]['n_genes']} in fold 1); target {args.target}; max epochs {args.max_epochs}; "
         "mean±std over folds"
     )
     head = f"{'method':<15}" + "".join(f"{k:>14}" for k in METRICS) + f"{'s/fold':>9}"
     print(head)
-    for method in args.methods:
-        rows = [f["methods"][method] for f in folds_out]
+    for method in methods:
+        rows = [f["methods"][method] for f in folds_out if method in f["methods"]]
         print(
             f"{method:<15}"
             + "".join(f"{_fmt([r[k] for r in rows]):>14}" for k in METRICS)

@@ -5,6 +5,9 @@ and to the command stored in it::
 
     python benchmarks/tables.py             # every accuracy_*.json, training_choices_*.json and trust_*.json
     python benchmarks/tables.py benchmarks/results/accuracy_squidpy_hmhvg200_log2.json
+
+After the accuracy tables comes one summary over every accuracy file given: HyperST's PCC@50 over the best
+baseline's, the mean PCC of HyperST and its ablations, and the folds HyperST wins against that baseline.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ def _cell(stat: dict) -> str:
 def accuracy(result: dict) -> str:
     """One Markdown table: methods x metrics, mean ± std over folds, best of each column in bold."""
     s = result["settings"]
+    commands = "; ".join(f"`{c}`" for c in result.get("commands", [result["command"]]))  # several with --add
     lines = [
-        f"`{result['command']}` — encoder `{s['encoder']}` (weights {s['weights']}), genes `{s['genes']}`, "
+        f"{commands} — encoder `{s['encoder']}` (weights {s['weights']}), genes `{s['genes']}`, "
         f"target `{s['target']}`, held out {', '.join(s['folds'])}; mean ± std over folds:",
         "",
         "| method | " + " | ".join(HEAD) + " | s/fold |",
@@ -63,10 +67,41 @@ def paired(result: dict, reference: str = "hyperst") -> str:
         if method == reference:
             continue
         cells = []
+        both = [f for f in folds if reference in f["methods"] and method in f["methods"]]
         for m in ("pcc_mean", "pcc_at_50"):
-            d = [f["methods"][reference][m] - f["methods"][method][m] for f in folds]
+            d = [f["methods"][reference][m] - f["methods"][method][m] for f in both]
             cells += [f"{sum(d) / len(d):+.3f}", _wins(d)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+BASELINES = ("ridge", "mlp", "bleep")
+ABLATIONS = ("hyperst", "no_entailment", "no_alignment")
+
+
+def ratios(results: dict[str, dict]) -> str:
+    """One row per accuracy file: HyperST's PCC@50 / the best baseline's, mean PCCs, paired wins."""
+    lines = [
+        "| file | features (weights) | genes | target | folds | best baseline | PCC@50 ratio | mean PCC hyperst / "
+        "no_entailment / no_alignment | hyperst wins (PCC@50) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        summary, s = result["summary"], result["settings"]
+        baselines = [b for b in BASELINES if b in summary]
+        if "hyperst" not in summary or not baselines:
+            continue
+        best = max(baselines, key=lambda b: summary[b]["pcc_at_50"]["mean"])
+        ratio = summary["hyperst"]["pcc_at_50"]["mean"] / summary[best]["pcc_at_50"]["mean"]
+        means = " / ".join(f"{summary[m]['pcc_mean']['mean']:.3f}" if m in summary else "–" for m in ABLATIONS)
+        both = [f for f in result["folds"] if "hyperst" in f["methods"] and best in f["methods"]]
+        d = [f["methods"]["hyperst"]["pcc_at_50"] - f["methods"][best]["pcc_at_50"] for f in both]
+        weights = Path(str(s["weights"])).name if s["weights"] is not None else "random"
+        weights = "weight-free" if s["encoder"] == "squidpy" else weights
+        lines.append(
+            f"| {name} | {s['encoder']} ({weights}) | {s['genes']} | {s['target']} | {len(both)} | "
+            f"{best} | {ratio:.3f} | {means} | {_wins(d)} |"
+        )
     return "\n".join(lines)
 
 
@@ -134,9 +169,11 @@ def choices(result: dict) -> str:
 
 def main() -> None:
     files = [Path(a) for a in sys.argv[1:]] or sorted(Path(__file__).with_name("results").glob("*.json"))
+    accuracies = {}
     for path in files:
         result = json.loads(path.read_text())
         if path.name.startswith("accuracy_") and "summary" in result:
+            accuracies[path.name] = result
             print(f"<!-- {path.name} -->\n{accuracy(result)}\n")
             if "hyperst" in result["summary"] and len(result["folds"]) > 1:
                 print(f"{paired(result)}\n")
@@ -144,6 +181,8 @@ def main() -> None:
             print(f"<!-- {path.name} -->\n{choices(result)}\n")
         elif path.name.startswith("trust_"):
             print(f"<!-- {path.name} -->\n{trust(result)}\n")
+    if accuracies:
+        print(f"<!-- ratios -->\n{ratios(accuracies)}\n")
 
 
 if __name__ == "__main__":
