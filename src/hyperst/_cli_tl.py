@@ -112,6 +112,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.out is not None and Path(args.out).exists():
         msg = f"`--out {args.out}` exists: name a new path for the output store."
         raise ValueError(msg)
+    before = {(kind, name) for kind in ("shapes", "tables") for name in getattr(sdata, kind)}
     t0 = time.perf_counter()
     hst.tl.predict(
         sdata,
@@ -132,9 +133,14 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         if table in sdata.tables and args.overwrite:
             sdata.delete_element_from_disk(table)
+        # pseudo-spots that predict summed from Visium HD bins or cells, shapes before the tables annotating them
+        added = [n for k in ("shapes", "tables") for n in getattr(sdata, k) if (k, n) not in before and n != table]
         with quiet_third_party():
+            for name in added:
+                sdata.write_element(name)
             sdata.write_element(table)
-        print(f"Added table `{table}` (predictions, intervals, embeddings) to {args.slide}.")
+        also = f" and the pseudo-spots ({', '.join(f'`{n}`' for n in added)})" if added else ""
+        print(f"Added table `{table}` (predictions, intervals, embeddings){also} to {args.slide}.")
     return 0
 
 
