@@ -75,6 +75,21 @@ def test_predict_on_bins_writes_the_pseudospots_and_their_predictions(predicted_
     assert _mean_pcc(predicted_hd) > 0.15  # a held-out slide at another pixel size (untrained: about 0 +- 0.05)
 
 
+def test_plots_draw_pseudospots(predicted_hd):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    genes = list(predicted_hd.tables["hyperst"].var_names[:2])
+    fig = hst.pl.spatial(predicted_hd, genes=genes)
+    assert isinstance(fig, Figure) and len(fig.axes) >= 4  # observed and predicted, per gene
+    assert isinstance(hst.pl.poincare(predicted_hd), Axes)
+    plt.close("all")
+
+
 def test_to_bins_gives_each_bin_its_pseudospot_prediction(predicted_hd):
     sdata = predicted_hd
     untouched = set(sdata.tables)

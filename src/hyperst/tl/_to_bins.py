@@ -97,7 +97,8 @@ def to_bins(
         ``square_016um`` for pseudo-spots of 8 µm bins) is matched by position: each row gets the pseudo-spot
         whose square holds its centre.
     genes
-        Genes to copy (``None``: all the model's genes). 660,000 bins x 200 genes take 0.5 GB.
+        Genes to copy (``None``: all the model's genes). 660,000 bins x 200 genes take 0.5 GB, three times
+        that with the interval bounds.
     pseudospots_key
         Table of the pseudo-spots.
     key_added
