@@ -266,3 +266,11 @@ def test_tile_finds_the_pixel_size_from_bins_or_cells(hd, xenium):
     hst.pp.tile(xenium)
     assert xenium.tables["hyperst_tiles"].uns["hyperst_tiles"]["microns_per_pixel"] == pytest.approx(1.0)
     assert slide_layout(hd, table_key="hyperst_tiles").microns_per_pixel == pytest.approx(1.0)
+
+
+def test_a_targeted_panel_smaller_than_the_genes_asked_gets_a_fix(xenium):
+    from hyperst._data._genes import select_hmhvg
+
+    with pytest.raises(ValueError, match=r"Only 30 candidate genes .* of the 30 genes .* targeted panel .*`genes=30`"):
+        select_hmhvg([xenium.tables["table"]], 200)
+    assert len(select_hmhvg([xenium.tables["table"]], 30)) == 30  # the whole panel, ranked

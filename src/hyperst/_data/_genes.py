@@ -129,7 +129,8 @@ def select_hmhvg(
     if len(pool) < n_genes:
         msg = (
             f"Only {len(pool)} candidate genes (highly variable in some training slide, not mitochondrial or "
-            f"ribosomal) for `genes={n_genes}`. Ask for fewer genes or pass a list of names."
+            f"ribosomal, of the {len(genes)} genes the training tables share) for `genes={n_genes}`. Ask for fewer "
+            f"genes or pass a list of names (a targeted panel such as Xenium's: `genes={len(pool)}` or fewer)."
         )
         raise ValueError(msg)
     stacked = sp.vstack([counts_matrix(t, layer)[:, t.var_names.get_indexer(pool)] for t in tables]).tocsc()
