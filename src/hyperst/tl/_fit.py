@@ -65,7 +65,9 @@ def fit(
     Parameters
     ----------
     {sdata}
-        A list trains on several slides; validation uses held-out slides.
+        A list trains on several slides; validation uses held-out slides. A slide of Visium HD bins or Xenium
+        cells with no table of spots is summed into 56 µm pseudo-spots (:func:`hyperst.pp.pseudospots` at its
+        defaults; call it first for another size), in a copy that shares the image.
     genes
         Number of genes to predict, chosen by the HMHVG rule on the training slides' raw counts, or a list
         of gene names.
