@@ -274,3 +274,42 @@ def test_a_targeted_panel_smaller_than_the_genes_asked_gets_a_fix(xenium):
     with pytest.raises(ValueError, match=r"Only 30 candidate genes .* of the 30 genes .* targeted panel .*`genes=30`"):
         select_hmhvg([xenium.tables["table"]], 200)
     assert len(select_hmhvg([xenium.tables["table"]], 30)) == 30  # the whole panel, ranked
+
+
+def test_xenium_default_layout_table_on_labels_reads_centres_from_the_boundaries(xenium):
+    """``spatialdata_io.xenium`` without ``cells_as_circles``: the table annotates labels by their integer index."""
+    import pandas as pd
+    from geopandas import GeoDataFrame
+    from spatialdata.models import Labels2DModel, ShapesModel, TableModel
+    from spatialdata.transformations import Identity, get_transformation
+    from xarray import DataArray
+
+    expected = hst.pp.pseudospots(xenium, inplace=False)[1]
+    table = xenium.tables["table"]
+    n = table.n_obs
+    labels = np.zeros((64, 64), dtype=np.uint32)
+    xenium.labels["cell_labels"] = Labels2DModel.parse(
+        DataArray(labels, dims=("y", "x")), transformations={"global": Identity()}
+    )
+    old = xenium.shapes["cell_boundaries"]
+    boundaries = GeoDataFrame(
+        {"geometry": old.geometry.to_numpy(), "cell_id": old.index.to_numpy()},
+        index=pd.Index(np.arange(1, n + 1), name="label_index"),  # the reader's label_index
+    )
+    transform = get_transformation(old, get_all=True)
+    xenium.shapes["cell_boundaries"] = ShapesModel.parse(boundaries, transformations=transform)
+    adata = table.copy()
+    del adata.uns["spatialdata_attrs"]
+    adata.obs["cell_labels"] = np.arange(1, n + 1)
+    adata.obs["region"] = pd.Categorical(["cell_labels"] * n)
+    del xenium.tables["table"]
+    xenium.tables["table"] = TableModel.parse(
+        adata, region="cell_labels", region_key="region", instance_key="cell_labels"
+    )
+    _, spots, _ = hst.pp.pseudospots(xenium, inplace=False)
+    assert spots.uns[PSEUDOSPOTS_KEY]["source_shapes"] == "cell_boundaries"
+    np.testing.assert_array_equal(spots.obs["n_members"], expected.obs["n_members"])
+    np.testing.assert_allclose(spots.X.toarray(), expected.X.toarray())
+    del xenium.shapes["cell_boundaries"]
+    with pytest.raises(ValueError, match=r"annotates \['cell_labels'\], which is not one shapes element.*shapes_key="):
+        hst.pp.pseudospots(xenium)
