@@ -266,6 +266,8 @@ def test_tile_finds_the_pixel_size_from_bins_or_cells(hd, xenium):
     hst.pp.tile(xenium)
     assert xenium.tables["hyperst_tiles"].uns["hyperst_tiles"]["microns_per_pixel"] == pytest.approx(1.0)
     assert slide_layout(hd, table_key="hyperst_tiles").microns_per_pixel == pytest.approx(1.0)
+    # virtual spots on a Xenium slide are spots, not cells
+    assert slide_layout(xenium).elements.table_key == "hyperst_tiles"
 
 
 def test_a_targeted_panel_smaller_than_the_genes_asked_gets_a_fix(xenium):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._constants import OUTPUT_TABLE_FLAG, PSEUDOSPOTS_KEY
+from .._constants import OUTPUT_TABLE_FLAG, PSEUDOSPOTS_KEY, TILES_KEY
 from .._validation import expected_type, pick_one
 
 if TYPE_CHECKING:
@@ -164,7 +164,8 @@ def fine_kind(sdata: SpatialData, table_key: str) -> str | None:
     from spatialdata.models import get_table_keys
 
     table = sdata.tables[table_key]
-    if isinstance(table.uns.get(PSEUDOSPOTS_KEY), dict) or table.uns.get(OUTPUT_TABLE_FLAG, False):
+    ours = (PSEUDOSPOTS_KEY, TILES_KEY)
+    if any(isinstance(table.uns.get(k), dict) for k in ours) or table.uns.get(OUTPUT_TABLE_FLAG, False):
         return None
     if BIN_TABLE.fullmatch(table_key):
         return "bins"
