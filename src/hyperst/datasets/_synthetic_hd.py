@@ -64,8 +64,18 @@ def synthetic_visium_hd(
 
     Returns
     -------
-    One :class:`~spatialdata.SpatialData` per slide, with ``dataset_id = f"synthetic_hd_{i}"`` and, for each
-    bin size ``b`` (``s = f"square_{b:03d}um"``):
+    list of SpatialData
+        One slide per entry; its elements are listed under Notes.
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range.
+
+    Notes
+    -----
+    Each slide has ``dataset_id = f"synthetic_hd_{i}"`` and, for each bin size ``b``
+    (``s = f"square_{b:03d}um"``):
 
     - ``images[f"{dataset_id}_full_image"]`` (multiscale), ``[f"{dataset_id}_hires_image"]`` and
       ``[f"{dataset_id}_lowres_image"]``, in coordinate system ``dataset_id`` (full-resolution pixels) as for
@@ -79,11 +89,6 @@ def synthetic_visium_hd(
       ``feature_types``, ``genome`` and ``synthetic_role``.
 
     ``sdata.attrs["spatialdata_io_reader"]`` is ``"visium_hd"``, as the reader sets it.
-
-    Raises
-    ------
-    ValueError
-        If an argument is out of range.
 
     Examples
     --------
