@@ -59,6 +59,7 @@ _CHECKS = {
     "read_ahead": _check_count,
     "read_workers": _check_count,
     "patch_cache_mb": _check_count,
+    "feature_cache_mb": _check_count,
     "cache_dir": _check_path,
 }
 
@@ -84,6 +85,12 @@ class Settings:
         MiB of image chunks a patch reader keeps between batches, per pyramid level it reads (spot and niche
         patches may come from two levels). Patches are read in bands across the slide, so each chunk is
         read about once; the default 256 holds about 20 chunks of 2048 x 2048 px.
+    feature_cache_mb
+        MiB of cached features and gene arrays that training keeps in memory, per process (each DataLoader worker
+        and each DDP process holds its own). ``tl.fit`` reads them from the per-slide zarr caches in chunks of
+        spots; a cohort whose chunks fit is read once and shuffled like arrays in memory, a larger one is
+        shuffled by windows of chunks (half this budget each), so memory is set by this budget and the batch, not
+        by the number of slides. The default 1024 holds about 16,000 spots of 8 views of 1,024-d features.
     cache_dir
         Where datasets and cached features are stored; defaults to ``$HYPERST_DATA_DIR`` or
         ``~/.cache/hyperst``. A string or path-like, stored as a :class:`~pathlib.Path` (``~`` expanded).
@@ -94,6 +101,7 @@ class Settings:
     read_ahead: int = 1
     read_workers: int = field(default_factory=_default_read_workers)
     patch_cache_mb: int = 256
+    feature_cache_mb: int = 1024
     cache_dir: Path = field(default_factory=_default_cache_dir)
     _verbosity: str = "info"
 

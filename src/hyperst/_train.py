@@ -237,12 +237,15 @@ def _load_done(
 
 
 def _loader(ds: Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
+    """Batches of ``ds``: shuffled for training, by the dataset's chunk-aware sampler when it has one."""
     gen = torch.Generator().manual_seed(cfg.random_state)
     bs = min(cfg.batch_size, len(ds))
+    sampler = ds.sampler() if train and hasattr(ds, "sampler") else None
     return DataLoader(
         ds,
         batch_size=bs,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(ds) > bs,
         generator=gen,
         num_workers=settings.num_workers,

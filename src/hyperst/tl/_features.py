@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .._data import PatchGeometry, PatchReader, dihedral
+from .._data._store import RowSource, chunk_rows
 from .._settings import settings
 from .._utils import quiet_third_party
 
@@ -100,54 +101,33 @@ def _cache_path(root: Path, reader: PatchReader, extractor: FeatureExtractor, vi
     return root / f"{extractor.name.replace('/', '_').replace(':', '_')}-{digest}.zarr"
 
 
-def extract_features(
-    sdata: SpatialData,
-    layout: SlideLayout,
+def _lookup(
+    cache: bool | str | Path,  # noqa: FBT001
+    reader: PatchReader,
     extractor: FeatureExtractor,
-    *,
-    geometry: PatchGeometry,
-    views: int = 8,
-    batch_size: int = 32,
-    cache: bool | str | Path = True,
-    desc: str = "features",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Spot and niche features of every spot of one slide, for ``views`` dihedral views.
+    views: int,
+) -> Path | None:
+    """Return the slide's cache folder (``None`` without a cache)."""
+    if cache is False:
+        return None
+    root = Path(settings.cache_dir) / "features" if cache is True else Path(cache)
+    return _cache_path(root, reader, extractor, views)
 
-    Parameters
-    ----------
-    sdata, layout
-        The slide and its layout.
-    extractor
-        From :func:`make_extractor`.
-    geometry
-        Patch sizes.
-    views
-        Dihedral views per patch (1 to 8; view 0 is the identity).
-    batch_size
-        Spots per batch (memory is bounded by one batch).
-    cache
-        ``True``: the cache under ``hyperst.settings.cache_dir``; a path: that folder; ``False``: no cache.
-    desc
-        Progress-bar label.
 
-    Returns
-    -------
-    ``(N, views, F)`` float32 spot features and niche features, in table row order.
-    """
+def _is_complete(path: Path | None) -> bool:
     import zarr
 
-    reader = PatchReader(sdata, layout, geometry)
+    return (
+        path is not None
+        and (path / "zarr.json").exists()
+        and bool(zarr.open_group(str(path), mode="r").attrs.get("complete"))
+    )
+
+
+def _compute(
+    reader: PatchReader, extractor: FeatureExtractor, views: int, batch_size: int, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
     n, f = len(reader), extractor.n_features
-    path = None
-    if cache is not False:
-        root = Path(settings.cache_dir) / "features" if cache is True else Path(cache)
-        path = _cache_path(root, reader, extractor, views)
-        if (path / "zarr.json").exists():
-            group = zarr.open_group(str(path), mode="r")
-            if group.attrs.get("complete"):
-                logger.info("Reusing cached features `%s`", path)
-                return np.asarray(group["spot"]), np.asarray(group["niche"])
-        path.parent.mkdir(parents=True, exist_ok=True)
     spot_out = np.empty((n, views, f), dtype=np.float32)
     niche_out = np.empty((n, views, f), dtype=np.float32)
     for idx, spot, niche in reader.iter_batches(batch_size, desc=desc):
@@ -166,11 +146,75 @@ def extract_features(
             "`(B, 3, 224, 224)` float images to finite `(B, F)` features."
         )
         raise ValueError(msg)
-    if path is not None:
-        with quiet_third_party():
-            group = zarr.open_group(str(path), mode="w")
-            group.create_array("spot", data=spot_out)
-            group.create_array("niche", data=niche_out)
-        group.attrs.update({"encoder": extractor.record.to_dict(), "views": views, "complete": True})
-        logger.info("Cached features in `%s`", path)
+    return spot_out, niche_out
+
+
+def _write(path: Path, spot: np.ndarray, niche: np.ndarray, extractor: FeatureExtractor, views: int) -> None:
+    """Write the cache, chunked by spots (all views of a spot in one chunk) for reads by rows."""
+    import zarr
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = chunk_rows(spot[0].nbytes if len(spot) else 1, len(spot))
+    with quiet_third_party():
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("spot", data=spot, chunks=(rows, *spot.shape[1:]))
+        group.create_array("niche", data=niche, chunks=(rows, *niche.shape[1:]))
+    group.attrs.update({"encoder": extractor.record.to_dict(), "views": views, "complete": True})
+    logger.info("Cached features in `%s`", path)
+
+
+def extract_features(
+    sdata: SpatialData,
+    layout: SlideLayout,
+    extractor: FeatureExtractor,
+    *,
+    geometry: PatchGeometry,
+    views: int = 8,
+    batch_size: int = 32,
+    cache: bool | str | Path = True,
+    desc: str = "features",
+    lazy: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[RowSource, RowSource]:
+    """Spot and niche features of every spot of one slide, for ``views`` dihedral views.
+
+    Parameters
+    ----------
+    sdata, layout
+        The slide and its layout.
+    extractor
+        From :func:`make_extractor`.
+    geometry
+        Patch sizes.
+    views
+        Dihedral views per patch (1 to 8; view 0 is the identity).
+    batch_size
+        Spots per batch (memory is bounded by one batch).
+    cache
+        ``True``: the cache under ``hyperst.settings.cache_dir``; a path: that folder; ``False``: no cache.
+    desc
+        Progress-bar label.
+    lazy
+        Return the features as :class:`~hyperst._data._store.RowSource`: the cache on disk, read by rows later
+        (computed and written first if missing; in memory with ``cache=False``).
+
+    Returns
+    -------
+    ``(N, views, F)`` float32 spot features and niche features, in table row order.
+    """
+    import zarr
+
+    reader = PatchReader(sdata, layout, geometry)
+    path = _lookup(cache, reader, extractor, views)
+    if _is_complete(path):
+        logger.info("Reusing cached features `%s`", path)
+        if lazy:
+            return RowSource(path=path, name="spot"), RowSource(path=path, name="niche")
+        group = zarr.open_group(str(path), mode="r")
+        return np.asarray(group["spot"]), np.asarray(group["niche"])
+    spot_out, niche_out = _compute(reader, extractor, views, batch_size, desc)
+    if path is None:
+        return (RowSource(spot_out), RowSource(niche_out)) if lazy else (spot_out, niche_out)
+    _write(path, spot_out, niche_out, extractor, views)
+    if lazy:  # the arrays are freed: training reads the cache by rows
+        return RowSource(path=path, name="spot"), RowSource(path=path, name="niche")
     return spot_out, niche_out

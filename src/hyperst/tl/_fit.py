@@ -15,7 +15,14 @@ from .._train import TrainerSettings
 from .._utils import kept_random_state
 from .._validation import expected
 from ._encoder import encoder_record, lora_encoder, make_extractor
-from ._fit_setup import checkpoint_folder, choose_genes, load_training_slides, prepare_cohort, split_slides
+from ._fit_setup import (
+    checkpoint_folder,
+    choose_genes,
+    load_training_slides,
+    prepare_cohort,
+    split_slides,
+    training_store,
+)
 from ._prepare import check_spots
 from ._training import train_and_refit, training_record
 
@@ -149,7 +156,7 @@ def fit(
     if finetune not in (None, "lora"):
         raise ValueError(expected("finetune", "None or 'lora'", finetune))
     run_on = TrainerSettings(accelerator, devices, num_nodes, strategy, precision)
-    with kept_random_state():
+    with kept_random_state(), training_store(cache if finetune is None else False) as store:
         lora = None
         if finetune == "lora":  # built first: a `lora_blocks` too large for the backbone fails before any work
             torch.manual_seed(cfg.random_state)  # random backbone weights (`weights=None`) and adapters are seeded
@@ -169,8 +176,8 @@ def fit(
             torch.manual_seed(cfg.random_state)  # a randomly initialised encoder (`weights=None`) is seeded too
             extractor = make_extractor(encoder, weights=weights, device=run_on.device)
         n_features = lora.n_features if lora is not None else extractor.n_features
-        genes_data, rows = prepare_cohort(
-            slides, names, cfg, extractor, layer=layer, cache=cache, batch_size=feature_batch_size
+        arrays, rows = prepare_cohort(
+            slides, names, cfg, extractor, layer=layer, cache=cache, batch_size=feature_batch_size, store=store
         )
         check_spots(slides, rows)
         cfg = cfg.with_encoder_width(n_features)
@@ -178,10 +185,8 @@ def fit(
         ckpt = checkpoint_folder(checkpoint_dir, resume, cfg, names, slides, n_features)
         if ckpt is not None:
             run_on = replace(run_on, checkpoint_dir=ckpt / "select", resume=resume)
-        run, refit = train_and_refit(
-            *parts, genes_data, cfg, run_on, encoder=lora, feature_batch_size=feature_batch_size
-        )
-        training = training_record(slides, rows, parts, cfg, run, refit, cached=lora is None)
+        run, refit = train_and_refit(*parts, arrays, cfg, run_on, encoder=lora, feature_batch_size=feature_batch_size)
+        training = training_record(slides, rows, parts, cfg, run, refit, arrays=arrays if lora is None else None)
     return HyperST(
         module=(refit or run).module,
         config=cfg,

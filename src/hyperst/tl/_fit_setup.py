@@ -5,23 +5,33 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._config import HyperSTConfig
 from .._data._genes import select_hmhvg
+from .._data._store import RowSource, SlideArrays, chunk_cache, chunk_rows, write_rows
+from .._settings import settings
 from .._validation import expected
-from ._prepare import SlideInput, check_counts, load_slide, slide_features, slide_gene_arrays
+from ._features import extract_features
+from ._prepare import SlideInput, check_counts, geometry_from, load_slide, slide_gene_arrays
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .._data._dataset import GeneArrays
     from ._features import FeatureExtractor
 
-__all__ = ["checkpoint_folder", "choose_genes", "load_training_slides", "prepare_cohort", "split_slides"]
+__all__ = [
+    "checkpoint_folder",
+    "choose_genes",
+    "load_training_slides",
+    "prepare_cohort",
+    "split_slides",
+    "training_store",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,25 +72,72 @@ def prepare_cohort(
     layer: str | None,
     cache: bool | str | os.PathLike,
     batch_size: int,
-) -> tuple[GeneArrays, list[np.ndarray]]:
-    """Gene arrays of every slide, the rows of its spots used, and (with ``extractor``) its cached features.
+    store: Path | None = None,
+) -> tuple[dict[str, SlideArrays], list[np.ndarray]]:
+    """Arrays of every slide (gene inputs and targets, and with ``extractor`` its cached features), and the rows used.
 
-    Spots without a count of any model gene are left out of training.
+    With ``store`` (a folder), each slide's gene arrays are written there and read back by rows, as the
+    features are from their cache: nothing of the cohort stays in memory. Without it (``cache=False``), both
+    stay in memory. Spots without a count of any model gene are left out of training.
     """
     from ..pp import niche_graph
 
-    genes_data, rows = {}, []
-    for s in slides:
+    arrays, rows = {}, []
+    for i, s in enumerate(slides):
         conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
-        genes_data[s.name] = slide_gene_arrays(s, genes, cfg, layer=layer, connectivities=conn)
-        keep = np.flatnonzero(genes_data[s.name][0].sum(1) > 0)
+        spot_gene, niche_gene, target = slide_gene_arrays(s, genes, cfg, layer=layer, connectivities=conn)
+        keep = np.flatnonzero(spot_gene.sum(1) > 0)
         if len(keep) < len(s.layout.centres_px):
             n_left_out = len(s.layout.centres_px) - len(keep)
             logger.info("Slide `%s`: %d spots without counts of the model genes are not used", s.name, n_left_out)
         rows.append(keep)
+        spot = niche = None
         if extractor is not None:
-            slide_features(s, extractor, cfg, views=cfg.views, batch_size=batch_size, cache=cache)
-    return genes_data, rows
+            spot, niche = extract_features(
+                s.sdata,
+                s.layout,
+                extractor,
+                geometry=geometry_from(cfg),
+                views=cfg.views,
+                batch_size=batch_size,
+                cache=cache,
+                desc=f"features {s.name}",
+                lazy=True,
+            )
+        gene_arrays = {"spot_gene": spot_gene, "niche_gene": niche_gene, "target": target}
+        if store is None:
+            sources = {k: RowSource(v) for k, v in gene_arrays.items()}
+        else:
+            chunk = (
+                spot.chunk_len
+                if spot is not None and not spot.in_memory
+                else chunk_rows(spot_gene[0].nbytes, len(keep))
+            )
+            sources = write_rows(store / f"slide{i}.zarr", gene_arrays, chunk)
+        arrays[s.name] = SlideArrays((sources["spot_gene"], sources["niche_gene"], sources["target"]), spot, niche)
+    return arrays, rows
+
+
+@contextmanager
+def training_store(cache: bool | str | os.PathLike) -> Iterator[Path | None]:  # noqa: FBT001
+    """Hold a temporary folder for the fit's gene arrays, beside the feature caches; ``None`` with ``cache=False``.
+
+    The folder (``.fit-*`` in the cache folder) is removed when the fit ends, and the chunks read from it
+    and from the feature caches are dropped from memory.
+    """
+    if cache is False:
+        yield None
+        return
+    import tempfile
+    from pathlib import Path
+
+    root = Path(settings.cache_dir) / "features" if cache is True else Path(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".fit-", dir=root) as folder:
+            yield Path(folder)
+    finally:
+        chunk_cache.clear()
 
 
 def choose_genes(slides: list[SlideInput], genes: int | Sequence[str], layer: str | None) -> list[str]:

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .._data._dataset import FeatureDataset, PatchDataset, ViewDataset
+from .._data._store import column_mean_std
 from .._records import EncoderRecord, TrainingRecord
 from .._settings import settings
 from .._train import train
 from ._evaluate import gene_metrics
 from ._features import FeatureExtractor
 from ._prepare import geometry_from
-from ._trust import calibration, reference_qc, spot_radius, stain_od
+from ._trust import _RADIUS_Q, _round, calibration, feature_distance, spot_radius, stain_od
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from .._config import HyperSTConfig
     from .._data._dataset import GeneArrays, Parts
     from .._train import TrainerSettings
@@ -69,19 +72,60 @@ def _encode(encoder: ImageEncoder, dataset: PatchDataset, *, batch_size: int, de
     return np.concatenate(spot), np.concatenate(niche)
 
 
-def _new_module(features: tuple[np.ndarray, np.ndarray], target: np.ndarray, cfg: HyperSTConfig) -> HyperSTModule:
-    """Build a module seeded by ``cfg.random_state`` and standardised on the training spots' view-0 features."""
+def _new_module(stats: _Stats, n_features: int, n_genes: int, cfg: HyperSTConfig) -> HyperSTModule:
+    """Build a module seeded by ``cfg.random_state`` and standardised with ``stats`` of the training spots."""
     import torch
 
     from ..nn import HyperSTModule
 
-    feats = np.concatenate(features)
     torch.manual_seed(cfg.random_state)
-    module = HyperSTModule(feats.shape[1], target.shape[1], cfg.module)
-    module.set_input_stats(
-        torch.from_numpy(feats.mean(0)), torch.from_numpy(feats.std(0)), torch.from_numpy(target.mean(0))
-    )
+    module = HyperSTModule(n_features, n_genes, cfg.module)
+    module.set_input_stats(*(torch.from_numpy(a) for a in stats))
     return module
+
+
+#: ``(F,)`` mean and standard deviation of the view-0 spot and niche features, ``(G,)`` mean target.
+_Stats = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _feature_stats(data: FeatureDataset) -> _Stats:
+    """Statistics of the training spots, streamed by blocks: the view-0 spot features, then the niche ones."""
+
+    def features() -> Iterator[np.ndarray]:
+        for k in range(2):
+            yield from data.blocks(lambda i, k=k: data.features(i)[k])
+
+    mean, std = column_mean_std(features)
+    target, _ = column_mean_std(lambda: data.blocks(lambda i: data.genes(i)[2]), std=False)
+    return mean, std, target
+
+
+def _patch_stats(plain: PatchDataset, encoder: ImageEncoder, **encode: Any) -> _Stats:
+    """Statistics of the training spots for LoRA (``plain``: view 0), from the encoder before training.
+
+    The ``(N, F)`` features of the training spots are held in memory here (the LoRA path reads patches).
+    """
+    feats = np.concatenate(_encode(encoder, plain, **encode))
+    target, _ = column_mean_std(lambda: plain.blocks(lambda i: plain.genes(i)[2]), std=False)
+    return feats.mean(0), feats.std(0), target
+
+
+def _validate(module: HyperSTModule, val: ViewDataset, encoder: ImageEncoder | None, **encode: Any) -> Validation:
+    """Predictions and embedding radii of the validation spots (view 0), by blocks of cached features."""
+    import torch
+
+    if encoder is not None:
+        spot, niche = _encode(encoder, val, **encode)
+        with torch.inference_mode():
+            pred = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
+        return Validation(pred, val.target, spot_radius(module, spot, niche))
+    preds, radii = [], []
+    for spot, niche in val.blocks(val.features):
+        with torch.inference_mode():
+            preds.append(module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy())
+        radii.append(spot_radius(module, spot, niche))
+    radius = None if radii[0] is None else np.concatenate(radii)
+    return Validation(np.concatenate(preds), val.target, radius)
 
 
 def train_run(
@@ -97,38 +141,31 @@ def train_run(
 ) -> TrainedRun:
     """Train a new module on ``train_part``, choosing the epoch on ``val_part`` (which may be empty).
 
-    Without ``encoder``, on the slides' cached features (``slide.spot``, ``slide.niche``); with a LoRA-adapted
-    ``encoder``, on patches read on the fly, training the adapters too (in place).
+    Without ``encoder``, on the slides' cached features (``genes[name].spot``, ``.niche``, read by rows); with a
+    LoRA-adapted ``encoder``, on patches read on the fly, training the adapters too (in place).
     """
     seed = cfg.random_state
     val: ViewDataset | None
+    encode = {"batch_size": feature_batch_size, "device": trainer_settings.device}
     if encoder is None:
         data = FeatureDataset(train_part, genes, augment=True, seed=seed)
         val = FeatureDataset(val_part, genes, augment=False, seed=seed) if val_part else None
-        stats = (data.spot[:, 0], data.niche[:, 0])
+        stats = _feature_stats(data)
+        n_features = data.arrays[0].spot.shape[-1]
     else:
         geometry = geometry_from(cfg)
         data = PatchDataset(train_part, genes, geometry, n_views=cfg.views, seed=seed)
         val = PatchDataset(val_part, genes, geometry, n_views=1, seed=seed) if val_part else None
-        plain = PatchDataset(train_part, genes, geometry, n_views=1, seed=seed)
-        stats = _encode(encoder, plain, batch_size=feature_batch_size, device=trainer_settings.device)
+        stats = _patch_stats(PatchDataset(train_part, genes, geometry, n_views=1, seed=seed), encoder, **encode)
+        n_features = encoder.n_features
         n_lora = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
         logger.info("Fine-tuning %s with LoRA: %d trainable encoder parameters", encoder.name, n_lora)
     if val is not None and len(val) < 2:
         val = None
-    module = _new_module(stats, data.target, cfg)
+    module = _new_module(stats, n_features, len(stats[2]), cfg)
     history, best_epoch = train(module, data, val, cfg, trainer_settings, encoder=encoder, keep_last=keep_last)
-    if val is None:
-        return TrainedRun(module, history, best_epoch, None)
-    if encoder is None:
-        spot, niche = val.spot[:, 0], val.niche[:, 0]
-    else:
-        spot, niche = _encode(encoder, val, batch_size=feature_batch_size, device=trainer_settings.device)
-    import torch
-
-    with torch.inference_mode():
-        pred = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
-    return TrainedRun(module, history, best_epoch, Validation(pred, val.target, spot_radius(module, spot, niche)))
+    validation = None if val is None else _validate(module, val, encoder, **encode)
+    return TrainedRun(module, history, best_epoch, validation)
 
 
 def train_and_refit(
@@ -167,6 +204,21 @@ def train_and_refit(
     return run, refit
 
 
+def _reference_qc(module: HyperSTModule, slides: list[SlideInput], data: FeatureDataset) -> dict[str, Any]:
+    """:func:`~hyperst.tl._trust.reference_qc` of ``data``'s spots (view 0), streamed by blocks."""
+    distance, radii = [], []
+    for spot, niche in data.blocks(data.features):
+        distance.append(feature_distance(module, spot))
+        radii.append(spot_radius(module, spot, niche))
+    ref: dict[str, Any] = {
+        "stain_od": {s.name: stain_od(s) for s in slides},
+        "feature_distance": _round(np.percentile(np.concatenate(distance), [5, 50, 95])),
+    }
+    if radii[0] is not None:
+        ref["radius"] = _round(np.percentile(np.concatenate(radii), [*_RADIUS_Q[:1], 50, *_RADIUS_Q[1:]]))
+    return ref
+
+
 def training_record(
     slides: list[SlideInput],
     rows: list[np.ndarray],
@@ -175,17 +227,17 @@ def training_record(
     run: TrainedRun,
     refit: TrainedRun | None,
     *,
-    cached: bool,
+    arrays: GeneArrays | None,
 ) -> TrainingRecord:
-    """Record what the fit saw and decided; ``cached``: the slides hold cached features (frozen encoder)."""
+    """Record what the fit saw and decided; ``arrays``: the slides' cached features (``None``: LoRA, none)."""
     train_part, val_part = parts
     module = (refit or run).module
     geometry = geometry_from(cfg)
     val = run.validation
     val_pcc = None if val is None else gene_metrics(val.target, val.pred)["pearson"]
-    if cached:
-        every = [*train_part, *val_part]
-        qc = reference_qc(module, slides, [s.spot[r, 0] for s, r in every], [s.niche[r, 0] for s, r in every])
+    if arrays is not None:
+        every = FeatureDataset([*train_part, *val_part], arrays, augment=False, seed=cfg.random_state)
+        qc = _reference_qc(module, slides, every)
     else:  # no cached features to summarise: the stain only
         qc = {"stain_od": {s.name: stain_od(s) for s in slides}}
     return TrainingRecord(
