@@ -1,8 +1,9 @@
-"""``hyperst fit``, ``predict`` and ``evaluate``: the ``tl`` functions on SpatialData ``.zarr`` stores."""
+"""``hyperst features``, ``fit``, ``predict`` and ``evaluate``: the ``tl`` functions on SpatialData ``.zarr`` stores."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,38 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"Fitted {model!r} on {len(slides)} slide(s) in {time.perf_counter() - t0:.0f} s{val_text}.")
     print(f"Wrote the model to {out}.")
     return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from ._validation import expected
+
+    for name, value in (("--workers", args.workers), ("--batch-size", args.batch_size), ("--views", args.views)):
+        if value < 1:
+            raise ValueError(expected(name, "a positive integer", value))
+    for path in args.slides:
+        _check_store(path)
+    import hyperst as hst
+
+    summary = hst.tl.cache_features(
+        args.slides,
+        encoder=args.encoder,
+        weights=_weights(args.weights),
+        table_key=args.table_key,
+        image_key=args.image_key,
+        cache=True if args.cache is None else args.cache,
+        batch_size=args.batch_size,
+        n_workers=args.workers,
+        views=args.views,
+        random_state=args.seed,
+    )
+    print(summary.drop(columns=["store", "error"]).to_string(index=False))
+    counts = summary["status"].value_counts()
+    n = {k: int(counts.get(k, 0)) for k in ("cached", "skipped", "failed")}
+    seconds = summary["seconds"].sum()
+    print(f"{n['cached']} cached, {n['skipped']} skipped, {n['failed']} failed ({seconds:.0f} s of slide work).")
+    for _, row in summary[summary["status"] == "failed"].iterrows():
+        print(f"hyperst features: {row['store']}: {row['error']}", file=sys.stderr)
+    return 1 if n["failed"] else 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -191,8 +224,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_features(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    features = sub.add_parser(
+        "features",
+        help="build the feature caches of many stores ahead of `hyperst fit`",
+        description="Compute the image features of every spot of each SpatialData store with a frozen encoder "
+        "and cache them where `hyperst fit` (same encoder, weights, views and seed) reads them. Slides already "
+        "cached are skipped; a slide that fails is reported (exit status 1) and the others finish.",
+    )
+    features.add_argument("slides", nargs="+", help="SpatialData .zarr stores")
+    features.add_argument("--encoder", default="resnet50", help="image encoder (default: %(default)s)")
+    features.add_argument("--weights", default="DEFAULT", help="DEFAULT, none or a local file (default: %(default)s)")
+    features.add_argument("--cache", default=None, help="cache folder (default: the hyperst cache directory)")
+    features.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
+    features.add_argument("--views", type=int, default=8, help="dihedral views per patch (default: %(default)s)")
+    features.add_argument("--batch-size", type=int, default=32, help="spots per batch (default: %(default)s)")
+    features.add_argument("--seed", type=int, default=0, help="seed of random weights (default: %(default)s)")
+    features.set_defaults(func=_features)
+    return features
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``fit``, ``predict`` and ``evaluate`` to the ``hyperst`` parser."""
+    """Add ``features``, ``fit``, ``predict`` and ``evaluate`` to the ``hyperst`` parser."""
+    features = _add_features(sub)
     fit = sub.add_parser(
         "fit",
         help="train a model on SpatialData .zarr stores with counts",
@@ -238,9 +292,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("slide", help="SpatialData .zarr store holding counts and a predictions table")
     evaluate.add_argument("--key-added", default=DEFAULT_KEY, help="predictions table (default: %(default)s)")
     evaluate.add_argument("--csv", default=None, help="write the per-gene scores to this CSV file")
-    for p in (fit, predict, evaluate):
+    for p in (features, fit, predict, evaluate):
         p.add_argument("--table-key", default=None, help="table of counts (default: inferred)")
-    for p in (fit, predict):
+    for p in (features, fit, predict):
         p.add_argument("--image-key", default=None, help="H&E image element (default: inferred)")
     fit.set_defaults(func=_fit)
     predict.set_defaults(func=_predict)
