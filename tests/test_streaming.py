@@ -158,3 +158,54 @@ def test_a_fit_beyond_the_budget_streams_with_the_same_statistics(slides, featur
 
 def _cached_sources(folder):
     return [RowSource(path=p, name=n) for p in folder.glob("*.zarr") for n in ("spot", "niche")]
+
+
+DDP = {**FIT, "dropout": 0.0, "max_epochs": 2, "patience": 50}
+
+
+@pytest.mark.slow
+def test_a_two_process_gloo_fit_equals_one_process_on_the_same_global_batches(slides, feature_cache, monkeypatch):
+    """DDP (2 forked CPU processes, gloo) with 16 spots a process = one process with batches of 32.
+
+    The single process draws the order a DDP sampler draws (``DistributedSampler`` of one replica, same
+    seed), so its batch ``k`` holds exactly the spots of the two processes' batches ``k``; with equal shards
+    DDP's averaged gradients are the gradients of the global batch. Equal up to float32 reduction order.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from hyperst import _train
+
+    ddp = hst.tl.fit(
+        slides,
+        cache=feature_cache,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_notebook",
+        **{**DDP, "batch_size": 16},
+    )
+    original = _train._loader
+
+    def like_ddp(ds, cfg, *, train):
+        if not train:
+            return original(ds, cfg, train=train)
+        sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=cfg.random_state)
+        return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True)
+
+    monkeypatch.setattr(_train, "_loader", like_ddp)
+    single = hst.tl.fit(slides, cache=feature_cache, accelerator="cpu", devices=1, **{**DDP, "batch_size": 32})
+    assert ddp.training.best_epoch == single.training.best_epoch
+    a, b = _weights(ddp), _weights(single)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    init = type(single.module)(single.module.n_features, len(single.genes), single.config.module).state_dict()
+    assert any(not torch.equal(init[k], b[k]) for k in b if "feature_" not in k)
+
+
+@pytest.mark.slow
+def test_fit_under_ddp_streams_with_the_chunk_shuffle(slides, feature_cache, monkeypatch):
+    monkeypatch.setattr(hst.settings, "feature_cache_mb", 0)
+    model = hst.tl.fit(
+        slides, cache=feature_cache, accelerator="cpu", devices=2, strategy="ddp_notebook", **{**DDP, "batch_size": 16}
+    )
+    assert all(np.isfinite(v.numpy()).all() for v in _weights(model).values())
+    assert len(model.history) == DDP["max_epochs"]

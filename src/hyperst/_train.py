@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -172,9 +175,11 @@ def _diverged(loss: str, value: float, epoch: int) -> str:
 class _Recorder(L.Callback):
     """Keep the per-epoch metrics and the weights of the best (or, with ``keep_last``, the last) epoch in memory."""
 
-    def __init__(self, monitor: str, *, keep_last: bool = False) -> None:
+    def __init__(self, monitor: str, *, keep_last: bool = False, spool: Path | None = None) -> None:
         self.monitor = monitor
         self.keep_last = keep_last
+        self.spool = spool
+        self._pid = os.getpid()
         self.history: list[dict[str, float]] = []
         self.best = math.inf
         self.best_epoch = -1
@@ -209,6 +214,18 @@ class _Recorder(L.Callback):
         # ("ddp_spawn", "ddp_notebook") hand the best weights, not the last ones, back to the main process
         if self.best_state is not None:
             pl_module.restore(self.best_state)
+        if self.spool is not None and os.getpid() != self._pid and trainer.is_global_zero:
+            # a forked or spawned process ("ddp_notebook", "ddp_spawn"): Lightning returns its weights to the
+            # main process, not this callback's record, so rank 0 writes the record for `take_spool`
+            meta = {"history": self.history, "best": self.best, "best_epoch": self.best_epoch}
+            self.spool.write_text(json.dumps(meta))
+
+    def take_spool(self) -> None:
+        """Take the history and best epoch written by the training process, when training ran in another one."""
+        if self.history or self.spool is None or not self.spool.is_file():
+            return
+        meta = json.loads(self.spool.read_text())
+        self.history, self.best, self.best_epoch = meta["history"], float(meta["best"]), int(meta["best_epoch"])
 
 
 _DONE_JSON, _DONE_WEIGHTS = "done.json", "done.safetensors"
@@ -288,7 +305,8 @@ def train(
     with quiet_loggers("lightning.pytorch", "lightning.fabric", "lightning", level=logging.ERROR):
         L.seed_everything(config.random_state, workers=True, verbose=False)
         monitor = f"{'val' if val_data is not None else 'train'}_{config.monitor}"
-        recorder = _Recorder(monitor, keep_last=keep_last)
+        spool = Path(tempfile.mkdtemp(prefix="hyperst-recorder-")) / "record.json"
+        recorder = _Recorder(monitor, keep_last=keep_last, spool=spool)
         callbacks: list[L.Callback] = [recorder]
         if not keep_last:  # a fixed budget of epochs (a refit) runs to its end
             callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor, patience=config.patience, mode="min"))
@@ -324,9 +342,13 @@ def train(
             warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
             if encoder is not None:
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-            trainer.fit(
-                lit, _loader(train_data, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
-            )
+            try:
+                trainer.fit(
+                    lit, _loader(train_data, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
+                )
+                recorder.take_spool()
+            finally:
+                shutil.rmtree(spool.parent, ignore_errors=True)
     if recorder.best_epoch < 0 and recorder.history:  # early stopping ends a fit whose monitor is never finite
         stage = "validation" if monitor.startswith("val_") else "training"
         raise FloatingPointError(_diverged(stage, recorder.history[-1].get(monitor, math.nan), 0))
