@@ -176,6 +176,23 @@ def pseudospots(
     >>> sdata.tables["hyperst_pseudospots"].uns["hyperst_pseudospots"]["size_um"]
     56.0
     """
+    size_um = _check_arguments(sdata, size_um, min_members, key_added)
+    out_shapes = f"{key_added}{SHAPES_SUFFIX}"
+    replace = inplace and _check_free(sdata, out_shapes, key_added)
+    source = _pick_source(sdata, table_key)
+    m = members(sdata, source, shapes_key=shapes_key, image_key=image_key, microns_per_pixel=microns_per_pixel)
+    table = sdata.tables[source]
+    lattice, used_um = _lay_lattice(m, source, size_um, min_members)
+    circles, spots = _elements(sdata, m, lattice, _counts(table, layer), out_shapes, used_um)
+    spots.uns[PSEUDOSPOTS_KEY] = _params(m, lattice, source, size_um, used_um, layer, key_added)
+    if not inplace:
+        return circles, spots, lattice.assignment
+    _write(sdata, circles, spots, lattice.assignment, key_added, replace=replace)
+    return None
+
+
+def _check_arguments(sdata: object, size_um: float, min_members: int | None, key_added: str) -> float:
+    """Raise unless the arguments of :func:`pseudospots` are valid; return ``size_um`` as a float."""
     from spatialdata import SpatialData
 
     if not isinstance(sdata, SpatialData):
@@ -187,11 +204,11 @@ def pseudospots(
         raise ValueError(expected("min_members", "None or an integer >= 1", min_members))
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(expected("key_added", "a non-empty string", key_added))
-    out_shapes = f"{key_added}{SHAPES_SUFFIX}"
-    replace = inplace and _check_free(sdata, out_shapes, key_added)
-    source = _pick_source(sdata, table_key)
-    m = members(sdata, source, shapes_key=shapes_key, image_key=image_key, microns_per_pixel=microns_per_pixel)
-    table = sdata.tables[source]
+    return size_um
+
+
+def _lay_lattice(m: object, source: str, size_um: float, min_members: int | None) -> tuple[object, float]:
+    """Lay the pseudo-spots over the bins (on their own grid) or cells (squares); return them and their side in µm."""
     if len(m.centres_px) == 0:
         msg = f"Table `{source!r}` has no rows: there are no bins or cells to aggregate. Pass `table_key=` naming them."
         raise ValueError(msg)
@@ -208,8 +225,14 @@ def pseudospots(
             f"table `{source!r}`. Lower `min_members=` or raise `size_um=`."
         )
         raise ValueError(msg)
-    circles, spots = _elements(sdata, m, lattice, _counts(table, layer), out_shapes, used_um)
-    spots.uns[PSEUDOSPOTS_KEY] = {
+    return lattice, used_um
+
+
+def _params(
+    m: object, lattice: object, source: str, size_um: float, used_um: float, layer: str | None, key_added: str
+) -> dict:
+    """Return what :func:`pseudospots` records in its table's ``uns`` (``None`` values left out)."""
+    params = {
         "source_table": source,
         "source_shapes": m.shapes_key,
         "image_key": m.image_key,
@@ -224,9 +247,15 @@ def pseudospots(
         "members_key": f"{key_added}{ID_SUFFIX}",
         "n_members": int((lattice.assignment >= 0).sum()),
     }
-    spots.uns[PSEUDOSPOTS_KEY] = {k: v for k, v in spots.uns[PSEUDOSPOTS_KEY].items() if v is not None}
-    if not inplace:
-        return circles, spots, lattice.assignment
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _write(
+    sdata: SpatialData, circles: GeoDataFrame, spots: AnnData, assignment: np.ndarray, key_added: str, *, replace: bool
+) -> None:
+    """Add the circles, the table and the bins' or cells' pseudo-spot column to ``sdata``."""
+    out_shapes = f"{key_added}{SHAPES_SUFFIX}"
+    params = spots.uns[PSEUDOSPOTS_KEY]
     if replace:
         logger.warning(
             "Replacing `shapes[%r]`, `tables[%r]` from an earlier `hyperst.pp.pseudospots`.", out_shapes, key_added
@@ -239,16 +268,15 @@ def pseudospots(
         out_shapes,
         key_added,
         spots.n_obs,
-        used_um,
-        len(m.centres_px),
-        m.kind,
-        source,
-        f"{key_added}{ID_SUFFIX}",
+        params["size_um"],
+        assignment.size,
+        params["kind"],
+        params["source_table"],
+        params["members_key"],
     )
     sdata.shapes[out_shapes] = circles
     sdata.tables[key_added] = spots
-    table.obs[f"{key_added}{ID_SUFFIX}"] = lattice.assignment
-    return None
+    sdata.tables[params["source_table"]].obs[params["members_key"]] = assignment
 
 
 def _elements(

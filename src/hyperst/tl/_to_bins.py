@@ -129,10 +129,7 @@ def to_bins(
     >>> hst.tl.to_bins(sdata)  # doctest: +SKIP
     >>> sdata.tables["hyperst_square_008um"]  # doctest: +SKIP
     """
-    import anndata as ad
-    import pandas as pd
     from spatialdata import SpatialData
-    from spatialdata.models import TableModel, get_table_keys
 
     if not isinstance(sdata, SpatialData):
         raise TypeError(expected_type("sdata", "a SpatialData object", sdata))
@@ -143,6 +140,29 @@ def to_bins(
         msg = f"Table `{table_key!r}` not found in `sdata.tables`. Available: {sorted(sdata.tables)}."
         raise KeyError(msg)
     pred = sdata.tables[keys.table]
+    names, cols = _genes(pred, genes, keys)
+    rows, how = _assignment(sdata, table_key, pseudospots_key, params)
+    order = _prediction_order(sdata, pseudospots_key, keys)
+    provenance = {"pseudospots": pseudospots_key, "method": "pseudo-spot", "assignment": how}
+    result = _bins_table(sdata.tables[table_key], pred, (names, cols), rows, order, keys, provenance)
+    if not inplace:
+        return result
+    out_key = keys.bins_table(table_key)
+    logger.info(
+        "Adding `tables[%r]`: predictions of %d genes for %d of %d rows of `%s` (from %s)",
+        out_key,
+        len(names),
+        int((rows >= 0).sum()),
+        len(rows),
+        table_key,
+        how,
+    )
+    sdata.tables[out_key] = result
+    return None
+
+
+def _genes(pred: AnnData, genes: Sequence[str] | None, keys: Keys) -> tuple[list[str], np.ndarray]:
+    """Return the genes to copy and their columns in the predictions; raise if one is not predicted."""
     names = list(pred.var_names) if genes is None else list(genes)
     if isinstance(genes, str) or not names:
         raise ValueError(expected("genes", "None or a non-empty list of gene names", genes))
@@ -151,16 +171,36 @@ def to_bins(
         missing = [g for g, c in zip(names, cols, strict=True) if c < 0]
         msg = f"{len(missing)} genes are not predicted in `tables[{keys.table!r}]` (e.g. {missing[:5]})."
         raise KeyError(msg)
-    rows, how = _assignment(sdata, table_key, pseudospots_key, params)
-    # the predictions table lists the pseudo-spots in their table's order (it annotates the same rows)
-    order = pred.obs_names.get_indexer(sdata.tables[pseudospots_key].obs_names)
+    return names, cols
+
+
+def _prediction_order(sdata: SpatialData, pseudospots_key: str, keys: Keys) -> np.ndarray:
+    """Return the row of the predictions for each pseudo-spot, in the pseudo-spot table's order."""
+    order = sdata.tables[keys.table].obs_names.get_indexer(sdata.tables[pseudospots_key].obs_names)
     if (order < 0).any():
         msg = (
             f"{int((order < 0).sum())} pseudo-spots of `tables[{pseudospots_key!r}]` have no prediction in "
             f"`tables[{keys.table!r}]`. Predict on all of them again: `hyperst.tl.predict(sdata, model)`."
         )
         raise ValueError(msg)
-    source = sdata.tables[table_key]
+    return order
+
+
+def _bins_table(
+    source: AnnData,
+    pred: AnnData,
+    genes: tuple[list[str], np.ndarray],
+    rows: np.ndarray,
+    order: np.ndarray,
+    keys: Keys,
+    provenance: dict,
+) -> AnnData:
+    """Build the bins' or cells' table of predictions, annotating the source table's shapes."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import TableModel, get_table_keys
+
+    names, cols = genes
     region, region_key, instance_key = get_table_keys(source)
     obs = pd.DataFrame(index=source.obs_names.copy())
     obs[region_key] = pd.Categorical(source.obs[region_key].to_numpy())
@@ -178,20 +218,6 @@ def to_bins(
     for layer in (keys.lower, keys.upper):
         if layer in pred.layers:
             result.layers[layer] = spread(pred.layers[layer])
-    result.uns[keys.uns] = {"pseudospots": pseudospots_key, "method": "pseudo-spot", "assignment": how}
+    result.uns[keys.uns] = provenance
     result.uns[OUTPUT_TABLE_FLAG] = True
-    result = TableModel.parse(result, region=region, region_key=region_key, instance_key=instance_key)
-    if not inplace:
-        return result
-    out_key = keys.bins_table(table_key)
-    logger.info(
-        "Adding `tables[%r]`: predictions of %d genes for %d of %d rows of `%s` (from %s)",
-        out_key,
-        len(names),
-        int(hit.sum()),
-        len(rows),
-        table_key,
-        how,
-    )
-    sdata.tables[out_key] = result
-    return None
+    return TableModel.parse(result, region=region, region_key=region_key, instance_key=instance_key)
