@@ -11,14 +11,20 @@ Positions are in micrometres of the image frame (``y`` down, ``x`` right, origin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from .._constants import SPOT_DIAMETER_UM
+from ._synthetic_counts import ROLES
 from ._synthetic_image import render
 from ._synthetic_tissue import DOMAINS, PARENT, make_layout
 
-__all__ = ["SPOT_AREA_UM2", "Tissue", "check_area", "point_signal", "tissue"]
+if TYPE_CHECKING:
+    from ._synthetic_counts import GenePrograms
+
+__all__ = ["SPOT_AREA_UM2", "Tissue", "check_area", "gene_table", "point_signal", "tissue"]
 
 #: Area of a 55 µm Visium spot, the unit of :func:`._synthetic_counts.sample_counts`' ``size_factor``.
 SPOT_AREA_UM2 = float(np.pi * (SPOT_DIAMETER_UM["visium"] / 2) ** 2)
@@ -160,3 +166,18 @@ def point_signal(t: Tissue, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, n
     counts = np.stack([(domain == d).sum(axis=1) for d in range(len(DOMAINS))], axis=1)
     composition = counts / np.maximum((domain >= 0).sum(axis=1, keepdims=True), 1)
     return nuclear, composition
+
+
+def gene_table(programs: GenePrograms) -> pd.DataFrame:
+    """Return the ``var`` of a synthetic slide: 10x-style gene ids, names ``SYN0001``…, each gene's program role."""
+    n = programs.role.size
+    width = max(4, len(str(n)))
+    return pd.DataFrame(
+        {
+            "gene_ids": [f"SYNG{i:011d}" for i in range(1, n + 1)],
+            "feature_types": "Gene Expression",
+            "genome": "synthetic",
+            "synthetic_role": pd.Categorical(programs.role, categories=list(ROLES)),
+        },
+        index=pd.Index([f"SYN{i:0{width}d}" for i in range(1, n + 1)]),
+    )

@@ -12,8 +12,8 @@ from scipy import sparse
 from .._constants import SYNTHETIC_ATTRS
 from .._validation import expected
 from ._synthetic import _check_int, visium_images
-from ._synthetic_counts import ROLES, gene_programs, sample_counts
-from ._synthetic_fine import SCAFFOLD_UM, SPOT_AREA_UM2, check_area, point_signal, tissue
+from ._synthetic_counts import gene_programs, sample_counts
+from ._synthetic_fine import SCAFFOLD_UM, SPOT_AREA_UM2, check_area, gene_table, point_signal, tissue
 from ._synthetic_tissue import DOMAINS, PARENT, SUBDOMAINS
 
 if TYPE_CHECKING:
@@ -119,20 +119,6 @@ def synthetic_visium_hd(
     ]
 
 
-def _var(programs: GenePrograms) -> pd.DataFrame:
-    n = programs.role.size
-    width = max(4, len(str(n)))
-    return pd.DataFrame(
-        {
-            "gene_ids": [f"SYNG{i:011d}" for i in range(1, n + 1)],
-            "feature_types": "Gene Expression",
-            "genome": "synthetic",
-            "synthetic_role": pd.Categorical(programs.role, categories=list(ROLES)),
-        },
-        index=pd.Index([f"SYN{i:0{width}d}" for i in range(1, n + 1)]),
-    )
-
-
 def _bins(t: Tissue, counts: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray, sparse.csr_matrix, np.ndarray]:
     """Bins of ``factor`` x ``factor`` 8 µm bins: rows, columns, summed counts, members' first 8 µm bin."""
     key = (t.row // factor) * (int(t.col.max()) // factor + 1) + t.col // factor
@@ -183,7 +169,7 @@ def _slide(
             obs["subdomain"] = pd.Categorical.from_codes(t.subdomain[first], categories=list(SUBDOMAINS))
         shapes_key = f"{dataset_id}_{name}"
         obs["region"] = pd.Categorical([shapes_key] * n)
-        adata = AnnData(X=summed.astype(np.float32).tocsr(), obs=obs, var=_var(programs))
+        adata = AnnData(X=summed.astype(np.float32).tocsr(), obs=obs, var=gene_table(programs))
         adata.obsm["spatial"] = xy
         half = size / microns_per_pixel / 2
         circles = ShapesModel.parse(xy, geometry=0, radius=half, index=obs["location_id"].copy())

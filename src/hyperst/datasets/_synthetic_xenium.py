@@ -12,8 +12,8 @@ from scipy import sparse
 from .._constants import SYNTHETIC_ATTRS
 from .._validation import expected
 from ._synthetic import _check_int
-from ._synthetic_counts import ROLES, gene_programs, sample_counts
-from ._synthetic_fine import SPOT_AREA_UM2, check_area, point_signal, tissue
+from ._synthetic_counts import gene_programs, sample_counts
+from ._synthetic_fine import SPOT_AREA_UM2, check_area, gene_table, point_signal, tissue
 from ._synthetic_image import TEXTURES
 from ._synthetic_tissue import DOMAINS, PARENT, SUBDOMAINS
 
@@ -138,7 +138,7 @@ def _cell_ids(n: int) -> np.ndarray:
 
 
 def _table(programs: GenePrograms, counts: np.ndarray, ids: np.ndarray, area: np.ndarray, sub: np.ndarray) -> AnnData:
-    n, g = counts.shape
+    n = counts.shape[0]
     obs = pd.DataFrame(
         {
             "cell_id": ids,
@@ -152,16 +152,7 @@ def _table(programs: GenePrograms, counts: np.ndarray, ids: np.ndarray, area: np
         },
         index=pd.Index(ids),
     )
-    var = pd.DataFrame(
-        {
-            "gene_ids": [f"SYNG{i:011d}" for i in range(1, g + 1)],
-            "feature_types": "Gene Expression",
-            "genome": "synthetic",
-            "synthetic_role": pd.Categorical(programs.role, categories=list(ROLES)),
-        },
-        index=pd.Index([f"SYN{i:0{max(4, len(str(g)))}d}" for i in range(1, g + 1)]),
-    )
-    return AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
+    return AnnData(X=sparse.csr_matrix(counts.astype(np.float32)), obs=obs, var=gene_table(programs))
 
 
 def _slide(
