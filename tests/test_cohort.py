@@ -151,6 +151,15 @@ def test_the_features_command_caches_then_skips(stores, tmp_path, capsys):
     assert "1 cached, 1 skipped, 0 failed" in out and "skipped" in out
 
 
+def test_hyperst_fit_reads_the_caches_of_hyperst_features(stores, tmp_path, capsys):
+    cache = str(tmp_path / "c")
+    assert main(["features", *stores[:2], "--encoder", "squidpy", "--cache", cache, "--seed", "1"]) == 0
+    before = _files(tmp_path / "c")
+    fit = ["fit", *stores[:2], "--out", str(tmp_path / "m"), "--genes", "8", "--encoder", "squidpy"]
+    assert main([*fit, "--max-epochs", "1", "--embed-dim", "16", "--cache", cache, "--seed", "1"]) == 0
+    assert _files(tmp_path / "c") == before and "Fitted HyperST" in capsys.readouterr().out
+
+
 def test_the_features_command_reports_a_failed_slide_with_status_1(stores, tmp_path, capsys):
     bad = tmp_path / "empty.zarr"
     bad.mkdir()

@@ -83,6 +83,7 @@ def _fit(args: argparse.Namespace) -> int:
         layer=args.layer,
         checkpoint_dir=args.checkpoint_dir,
         resume=args.resume,
+        cache=True if args.cache is None else args.cache,
         **kwargs,
     )
     model.save(out)
@@ -272,6 +273,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--layer", default=None, help="layer of raw counts (default: X)")
     fit.add_argument("--checkpoint-dir", default=None, help="folder for per-epoch checkpoints")
     fit.add_argument("--resume", action="store_true", help="continue an interrupted fit from --checkpoint-dir")
+    fit.add_argument("--cache", default=None, help="feature cache folder (default: the hyperst cache directory)")
     predict = sub.add_parser(
         "predict",
         help="predict expression for a SpatialData .zarr store",
