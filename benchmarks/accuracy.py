@@ -24,7 +24,9 @@ Methods (``--methods``):
 
 - ``hyperst``: ``hst.tl.fit`` with defaults (plus any ``--fit`` options, which every HyperST method gets);
   ``no_entailment`` (``entailment=False``), ``no_alignment`` (``alignment=False``), ``euclidean``
-  (``geometry="euclidean"``), ``spot_decoder`` (``decoder_input="spot"``).
+  (``geometry="euclidean"``), ``spot_decoder`` (``decoder_input="spot"``); ``hyperst_blend``
+  (``readout="blend"``: the decoder mixed with a ridge read-out, both fitted inside ``tl.fit``, the mix chosen
+  on its validation section).
 - ``ridge``: ``RidgeCV`` (alphas 1e-2..1e5, one alpha for all genes, efficient leave-one-out) on standardised
   concat(spot, niche) view-0 features (the HEST-Benchmark protocol fits ridge on patch embeddings).
 - ``mlp``: torch MLP 2F -> 256 -> G (ReLU, dropout 0.1), Adam 1e-3, weight decay 1e-4, batch 128, MSE.
@@ -70,6 +72,7 @@ ABLATIONS = {
     "no_alignment": {"alignment": False},
     "euclidean": {"geometry": "euclidean"},
     "spot_decoder": {"decoder_input": "spot"},
+    "hyperst_blend": {"readout": "blend"},
 }
 BASELINES = ["ridge", "mlp", "bleep"]
 METHODS = [*ABLATIONS, *BASELINES]
@@ -270,7 +273,8 @@ def _earlier(out: Path, partial: Path, header: dict) -> dict:
     if not path.is_file():
         return {"_commands": []}
     old = json.loads(path.read_text())
-    differ = [k for k in _SAME if old["settings"].get(k) != header["settings"][k]]
+    # files from before `fit_options` was recorded had none
+    differ = [k for k in _SAME if (old["settings"].get(k) or None) != (header["settings"][k] or None)]
     if differ:
         msg = f"--add: {path} was made with other settings ({differ}); pass another --out"
         raise SystemExit(msg)
@@ -425,6 +429,8 @@ def main() -> None:
                 }
                 if model.curvature is not None:
                     info["curvature"] = float(model.curvature)
+                if hasattr(model.module, "readout_mix"):
+                    info["decoder_share"] = float(model.module.readout_mix)
             elif method == "ridge":
                 pred, info = _ridge(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), xte, args.seed)
             else:  # like `tl.fit(refit=True)`: choose the epochs on the validation section, then refit on all

@@ -53,6 +53,12 @@ class ModuleConfig:
         End the decoder's residual MLP with a LayerNorm, as the authors' code does. Off by default: the
         normalisation discards each spot's feature scale before the linear read-out, and on held-out HER2ST
         sections removing it raised mean PCC (``docs/benchmarks.md``).
+    readout
+        What :meth:`~hyperst.nn.HyperSTModule.predict` returns. ``"decoder"``: the decoder's output, as in the
+        paper. ``"blend"``: a mix ``w * decoder + (1 - w) * ridge`` of the decoder and a ridge read-out of the
+        standardised ``(spot, niche)`` image features, set after training by
+        :meth:`~hyperst.nn.HyperSTModule.set_readout` (``hst.tl.fit`` fits the ridge on the training spots and
+        picks ``w`` on the validation slide); until then ``w = 1``. Training is the same for both.
     alignment_weight
         Weight of the alignment loss: ``total = mse + alignment_weight * (hca + entail_weight * hea)``.
     entail_weight
@@ -93,6 +99,7 @@ class ModuleConfig:
     geometry: Literal["lorentz", "euclidean"] = "lorentz"
     decoder_input: Literal["both", "spot", "niche"] = "both"
     decoder_norm: bool = False
+    readout: Literal["decoder", "blend"] = "decoder"
     alignment_weight: float = 0.2
     entail_weight: float = 0.4
     hea_factor: float = 0.5
@@ -118,6 +125,7 @@ class ModuleConfig:
             (self.geometry in ("lorentz", "euclidean"), "geometry", "'lorentz' or 'euclidean'"),
             (self.decoder_input in ("both", "spot", "niche"), "decoder_input", "'both', 'spot' or 'niche'"),
             (isinstance(self.decoder_norm, bool), "decoder_norm", "True or False"),
+            (self.readout in ("decoder", "blend"), "readout", "'decoder' or 'blend'"),
             (
                 _is_subset(self.contrast_pairs, CONTRAST_PAIRS) and len(self.contrast_pairs) > 0,
                 "contrast_pairs",

@@ -82,6 +82,10 @@ class HyperSTModule(nn.Module):
         # standardisation of the image features (identity until `set_input_stats`); saved with the weights
         self.register_buffer("feature_shift", torch.zeros(n_features))
         self.register_buffer("feature_scale", torch.ones(n_features))
+        if cfg.readout == "blend":  # the ridge read-out and its share (1 - mix), set after training
+            self.register_buffer("readout_weight", torch.zeros(2 * n_features, n_genes))
+            self.register_buffer("readout_bias", torch.zeros(n_genes))
+            self.register_buffer("readout_mix", torch.ones(()))
 
     @torch.no_grad()
     def set_input_stats(self, mean: Tensor, std: Tensor, target_mean: Tensor | None = None) -> None:
@@ -104,6 +108,45 @@ class HyperSTModule(nn.Module):
         self.feature_scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
         if target_mean is not None:
             self.decoder[-1].bias.copy_(target_mean)
+
+    @torch.no_grad()
+    def set_readout(self, weight: Tensor, bias: Tensor, mix: float) -> None:
+        """Set the ridge read-out that :meth:`predict` blends with the decoder (``readout="blend"`` only).
+
+        Parameters
+        ----------
+        weight
+            ``(2F, G)`` coefficients on the standardised spot features followed by the niche features.
+        bias
+            ``(G,)`` intercept.
+        mix
+            Share of the decoder in ``[0, 1]``; the ridge read-out gets ``1 - mix``.
+
+        Raises
+        ------
+        ValueError
+            If the module was built with another ``readout``, or a shape or ``mix`` is out of range.
+        """
+        if self.config.readout != "blend":
+            msg = f"`set_readout` needs a module built with `readout='blend'`; this one has {self.config.readout!r}."
+            raise ValueError(msg)
+        if tuple(weight.shape) != tuple(self.readout_weight.shape):
+            raise ValueError(expected_shape("weight", tuple(self.readout_weight.shape), weight.shape))
+        if tuple(bias.shape) != (self.n_genes,):
+            raise ValueError(expected_shape("bias", (self.n_genes,), bias.shape))
+        if not 0.0 <= float(mix) <= 1.0:
+            raise ValueError(expected("mix", "a number in [0, 1]", mix))
+        self.readout_weight.copy_(weight)
+        self.readout_bias.copy_(bias)
+        self.readout_mix.fill_(float(mix))
+
+    def standardised(self, spot_img: Tensor, niche_img: Tensor) -> Tensor:
+        """``(B, 2F)`` spot and niche features standardised with the training statistics, side by side."""
+        _check_input(spot_img, self.n_features, "spot_img")
+        _check_input(niche_img, self.n_features, "niche_img")
+        return torch.cat([spot_img - self.feature_shift, niche_img - self.feature_shift], dim=-1) / torch.cat(
+            [self.feature_scale, self.feature_scale]
+        )
 
     # -- learnable scalars -------------------------------------------------------------------------
 
@@ -283,9 +326,17 @@ class HyperSTModule(nn.Module):
 
         Returns
         -------
-        ``(B, G)`` predicted expression.
+        ``(B, G)`` predicted expression: the decoder's, or with ``readout="blend"`` its mix with the ridge
+        read-out (:meth:`set_readout`).
         """
-        return self._decode(*self._image_features(spot_img, niche_img))
+        out = self._decode(*self._image_features(spot_img, niche_img))
+        if self.config.readout != "blend":
+            return out
+        mix = self.readout_mix.to(out.dtype)
+        if float(mix) == 1.0:
+            return out
+        ridge = self.standardised(spot_img, niche_img).to(self.readout_weight.dtype) @ self.readout_weight
+        return mix * out + (1 - mix) * (ridge + self.readout_bias).to(out.dtype)
 
     def embed(self, spot_img: Tensor, niche_img: Tensor) -> dict[str, Tensor]:
         """Embed image features (Lorentz space components, or scaled Euclidean vectors).

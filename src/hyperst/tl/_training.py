@@ -22,6 +22,7 @@ from .._train import train
 from ._evaluate import gene_metrics
 from ._features import FeatureExtractor
 from ._prepare import geometry_from
+from ._readout import attach_readout
 from ._trust import _RADIUS_Q, _round, calibration, feature_distance, spot_radius, stain_od
 
 if TYPE_CHECKING:
@@ -186,11 +187,14 @@ def train_and_refit(
     run = train_run(
         train_part, val_part, genes, cfg, trainer_settings, encoder=encoder, feature_batch_size=feature_batch_size
     )
-    if not cfg.refit or run.validation is None:
-        return run, None
     if encoder is not None:
-        logger.info("`refit` is ignored with `finetune='lora'`: the weights of the best validation epoch are kept")
+        if cfg.module.readout == "blend":
+            logger.warning("`readout='blend'` needs cached features; with `finetune='lora'` the decoder is used alone")
+        if cfg.refit and run.validation is not None:
+            logger.info("`refit` is ignored with `finetune='lora'`: the weights of the best validation epoch are kept")
         return run, None
+    if not cfg.refit or run.validation is None:
+        return attach_readout(run, None, train_part, val_part, genes)
     n_epochs = run.best_epoch + 1
     logger.info("Refitting on all training slides for %d epochs (`refit=True`)", n_epochs)
     refit = train_run(
@@ -201,7 +205,7 @@ def train_and_refit(
         trainer_settings.in_folder("refit"),
         keep_last=True,
     )
-    return run, refit
+    return attach_readout(run, refit, train_part, val_part, genes)
 
 
 def _reference_qc(module: HyperSTModule, slides: list[SlideInput], data: FeatureDataset) -> dict[str, Any]:
