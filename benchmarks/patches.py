@@ -19,6 +19,8 @@ Every rate counts spots per second with both patches (spot 112 µm + niche) read
 Readers: ``squidpy`` (``ImageContainer.crop_corner`` per patch, the reference pixels), and ``direct`` (the
 chunked reader) with ``hyperst.settings.read_workers`` = 1 and = the CPU count. ``--baseline SRC`` measures the
 ``direct`` reader of another checkout (its ``src`` folder) on the same cases in a subprocess, in this run.
+``bilinear`` is the direct reader with ``resample="bilinear"`` (an opt-in filter of ``tl.fit``; its pixels differ
+from squidpy's LANCZOS ones).
 
 ``--stand-in R ...`` times :func:`hyperst.tl._features.extract_features` (what ``fit`` and ``predict`` run) with a
 stand-in encoder that takes exactly ``1 / R`` s per spot and releases the GIL meanwhile, as a GPU does: the
@@ -31,17 +33,16 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
-import tracemalloc
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from _measure import measure_memory
 
 HERE = Path(__file__).resolve().parent
 
@@ -108,33 +109,10 @@ def _cases(args: argparse.Namespace, hyperst) -> dict:
     return cases
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _with_memory(reader, batch_size: int) -> dict:
-    """Rate, tracemalloc peak and resident-set rise of one pass (``VmHWM`` reset through ``clear_refs``)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
-    before, before_max = _rss_kib("VmRSS"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    rate = _rate(reader, batch_size)
-    _, traced = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    if reset and before is not None:
-        rise = (_rss_kib("VmHWM") - before) * 1024
-    else:
-        rise = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_max) * 1024
-    return {"spots_per_s": rate, "tracemalloc_peak_bytes": int(traced), "rss_rise_bytes": int(rise)}
+    """Rate, tracemalloc peak and resident-set rise of one pass (``benchmarks/_measure.py``)."""
+    info, rate = measure_memory(lambda: _rate(reader, batch_size))
+    return {"spots_per_s": rate, **info}
 
 
 def _measure(args: argparse.Namespace, *, baseline: bool) -> list[dict]:
@@ -146,10 +124,17 @@ def _measure(args: argparse.Namespace, *, baseline: bool) -> list[dict]:
     for case, sdata in _cases(args, hyperst).items():
         layout = slide_layout(sdata)
         readers = [("direct", w) for w in workers] + ([] if baseline or case == "large" else [("squidpy", 1)])
+        if not baseline:  # the opt-in filter (`resample="bilinear"`), pixels not identical to squidpy's
+            readers += [("bilinear", w) for w in workers]
         for method, w in readers:
             if w is not None:
                 hyperst.settings.read_workers = w
-            reader = PatchReader(sdata, layout, method=method)
+            if method == "bilinear":
+                from hyperst._data import PatchGeometry
+
+                reader = PatchReader(sdata, layout, PatchGeometry(resample="bilinear"))
+            else:
+                reader = PatchReader(sdata, layout, method=method)
             row = {"case": case, "spots": len(reader), "reader": "baseline" if baseline else method, "workers": w}
             row |= _with_memory(reader, args.batch_size) if case == "large" else {"spots_per_s": _rate(reader, 64)}
             rows.append(row)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _measure import measure_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -40,14 +41,6 @@ def _time(sdata, genes) -> float:
     seconds = time.perf_counter() - t0
     plt.close(fig)
     return seconds
-
-
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    msg = f"no {field} in /proc/self/status"
-    raise OSError(msg)
 
 
 def _large(side: int, tmp: Path, genes: list[str]) -> dict:
@@ -79,10 +72,8 @@ def _large(side: int, tmp: Path, genes: list[str]) -> dict:
     table = sdata.tables["table"]
     table.var_names = genes
     table.layers["hyperst"] = np.log2(1 + np.asarray(table.X)).astype(np.float32)
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _rss_kib("VmRSS")
-    seconds = _time(sdata, genes)
-    rise = (_rss_kib("VmHWM") - before) * 1024
+    info, seconds = measure_memory(lambda: _time(sdata, genes), trace=False)
+    rise = info["rss_rise_bytes"]
     return {"image_px": [side, side], "image_bytes": 3 * side * side, "seconds": seconds, "rss_rise_bytes": rise}
 
 

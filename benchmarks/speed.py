@@ -36,16 +36,16 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
 import time
-import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _measure import measure_memory
 
 import hyperst as hst
 
@@ -102,39 +102,9 @@ def _timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def _measure_memory(fn) -> dict:
     """Run ``fn()``; return the rise of the resident set and the tracemalloc peak, in bytes."""
-    gc.collect()
-    reset = _reset_peak()
-    before = _rss_kib("VmRSS")
-    before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    tracemalloc.start()
-    fn()
-    _, traced = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    if reset and before is not None:
-        rise, source = (_rss_kib("VmHWM") - before) * 1024, "VmHWM - VmRSS"
-    else:  # without the reset, a rise shows only if this step beats the process's earlier peak
-        rise, source = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before_max) * 1024, "ru_maxrss delta"
-    return {"rss_rise_bytes": int(rise), "rss_source": source, "tracemalloc_peak_bytes": int(traced)}
+    return measure_memory(fn)[0]
 
 
 def _memory_child(args: argparse.Namespace) -> None:

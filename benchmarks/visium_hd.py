@@ -27,7 +27,6 @@ pseudo-spots than bins. Growth is reported as ratios between consecutive sizes (
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -42,6 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np
+from _measure import measure_memory
 
 import hyperst as hst
 
@@ -61,23 +61,12 @@ def _tiny_encoder():
     return MeanColour()
 
 
-def _kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    msg = f"{field} not in /proc/self/status"
-    raise RuntimeError(msg)
-
-
 def _step(fn) -> dict:
     """Run ``fn()``; return its seconds and the rise of the resident set above the level before it."""
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    before = _kib("VmRSS")
     t0 = time.perf_counter()
-    fn()
+    info, _ = measure_memory(fn, trace=False)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "rss_rise_mib": (_kib("VmHWM") - before) / 1024}
+    return {"seconds": seconds, "rss_rise_mib": info["rss_rise_bytes"] / 2**20}
 
 
 def _image(mpp: float, seed: int):

@@ -123,3 +123,30 @@ def test_a_forked_process_reads_with_its_own_threads(monkeypatch):
     child.join(timeout=60)
     assert child.exitcode == 0, "the forked reader hung or failed"
     assert queue.get(timeout=5) == (spot.sum(dtype=np.int64), niche.sum(dtype=np.int64))
+
+
+def test_bilinear_resample_resizes_the_same_crops_with_another_filter(tmp_path):
+    """``resample="bilinear"``: the crops of the default reader, resized by PIL's bilinear filter instead."""
+    from PIL import Image
+
+    from hyperst import HyperSTConfig
+    from hyperst.tl._prepare import geometry_from
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, size=(3, 400, 420), dtype=np.uint8)
+    sdata = make_slide(image, hex_centres(3, 4, 100, origin=(60, 60)), radius=27.5)
+    layout = slide_layout(sdata)
+    idx = np.arange(6)
+    lanczos = PatchReader(sdata, layout, PatchGeometry(spot_um=112, out_px=64))
+    bilinear = PatchReader(sdata, layout, PatchGeometry(spot_um=112, out_px=64, resample="bilinear"))
+    for reader, name in ((lanczos, "LANCZOS"), (bilinear, "BILINEAR")):
+        crops = ChunkedPixels(image, cache_bytes=0).crops(reader.crop_boxes(idx, reader.sides[0], 0))
+        filt = getattr(Image.Resampling, name)
+        ref = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((64, 64), filt)) for c in crops])
+        np.testing.assert_array_equal(reader.read(idx)[0], ref.transpose(0, 3, 1, 2))
+    assert not np.array_equal(lanczos.read(idx)[0], bilinear.read(idx)[0])
+    with pytest.raises(ValueError, match="resample"):
+        PatchGeometry(resample="nearest")
+    with pytest.raises(ValueError, match="resample"):
+        HyperSTConfig(resample="nearest")
+    assert geometry_from(HyperSTConfig(resample="bilinear")).resample == "bilinear"

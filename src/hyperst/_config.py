@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from ._constants import MONITORS, PATCH_SIZE_PX, SPOT_PATCH_UM, TARGETS
+from ._constants import MONITORS, PATCH_SIZE_PX, RESAMPLE, SPOT_PATCH_UM, TARGETS
 from ._validation import expected
 from .nn import ModuleConfig
 
@@ -37,6 +37,10 @@ class HyperSTConfig:
         Neighbour rings of the niche (patch and gene mean).
     patch_px
         Side in pixels of both patches at the encoder's input.
+    resample
+        Filter that resizes the crops to ``patch_px``: ``"lanczos"`` (the default, as squidpy) or
+        ``"bilinear"``, about twice as fast to read (``benchmarks/patches.py``) with slightly softer pixels. A
+        model reads new slides with the filter it was trained with.
     views
         Dihedral views cached per spot and drawn at random each epoch (8: all; 1: no augmentation).
     lr
@@ -88,6 +92,7 @@ class HyperSTConfig:
     niche_um: float | None = None
     n_rings: int = 1
     patch_px: int = PATCH_SIZE_PX
+    resample: Literal["lanczos", "bilinear"] = "lanczos"
     views: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -123,6 +128,7 @@ class HyperSTConfig:
         check(self.niche_um is None or pos(self.niche_um), "niche_um", "None or a positive number")
         for name in ("n_rings", "patch_px", "batch_size", "max_epochs", "patience"):
             check(posint(getattr(self, name)), name, "a positive integer")
+        check(self.resample in RESAMPLE, "resample", " or ".join(map(repr, RESAMPLE)))
         check(self.monitor in MONITORS, "monitor", " or ".join(map(repr, MONITORS)))
         check(self.views in range(1, 9), "views", "an integer from 1 to 8")
         check(pos(self.lr), "lr", "a positive number")

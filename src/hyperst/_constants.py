@@ -11,6 +11,7 @@ __all__ = [
     "DEFAULT_KEY",
     "GRID_PITCH_UM",
     "MONITORS",
+    "RESAMPLE",
     "OUTPUT_TABLE_FLAG",
     "PATCH_SIZE_PX",
     "PSEUDOSPOTS_KEY",
@@ -33,6 +34,8 @@ TARGET_LABELS = {"log2": "log2(1 + counts)", "log2_cp10k": "log2(1 + counts per 
 TARGETS = tuple(TARGET_LABELS)
 #: What early stopping can watch.
 MONITORS = ("loss", "mse")
+#: Filters that resize patches to the encoder's input (``HyperSTConfig.resample``).
+RESAMPLE = ("lanczos", "bilinear")
 #: The four embeddings of a spot, in the order the module returns them.
 STREAMS = ("spot_image", "niche_image", "spot_gene", "niche_gene")
 

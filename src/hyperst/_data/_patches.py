@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from .._constants import PATCH_SIZE_PX, SPOT_PATCH_UM
+from .._constants import PATCH_SIZE_PX, RESAMPLE, SPOT_PATCH_UM
 from .._settings import settings
 from .._utils import progress
 from .._validation import check_choice, check_positive, expected, expected_to
@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from ._layout import SlideLayout
 
 __all__ = ["PatchGeometry", "PatchReader", "dihedral"]
+
+#: PIL filter of each ``resample`` name.
+_FILTERS = {"lanczos": 1, "bilinear": 2}  # PIL.Image.Resampling.LANCZOS, .BILINEAR (PIL imported when used)
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
@@ -70,12 +73,16 @@ class PatchGeometry:
         Neighbour rings the niche covers when ``niche_um`` is ``None``.
     out_px
         Side in pixels that both patches are resized to (the encoder's input).
+    resample
+        Resize filter: ``"lanczos"`` (squidpy's) or ``"bilinear"`` (about twice as
+        fast, slightly softer).
     """
 
     spot_um: float = SPOT_PATCH_UM
     niche_um: float | None = None
     n_rings: int = 1
     out_px: int = PATCH_SIZE_PX
+    resample: str = "lanczos"
 
     def __post_init__(self) -> None:
         check_positive(self.spot_um, "spot_um")
@@ -85,6 +92,7 @@ class PatchGeometry:
             raise ValueError(expected("n_rings", "an integer >= 1", self.n_rings))
         if not isinstance(self.out_px, int) or self.out_px < 8:
             raise ValueError(expected("out_px", "an integer >= 8", self.out_px))
+        check_choice(self.resample, "resample", RESAMPLE)
 
     def sides_px(self, layout: SlideLayout) -> tuple[float, float]:
         """Spot and niche patch sides in full-resolution pixels of ``layout``'s image."""
@@ -201,10 +209,11 @@ class PatchReader:
         boxes = self.crop_boxes(idx, side_px, level)
         out_px = self.geometry.out_px
         batch = np.empty((len(idx), 3, out_px, out_px), dtype=np.uint8)
+        resample = _FILTERS[self.geometry.resample]
 
         def put(i: int, crop: np.ndarray) -> None:
             if crop.shape[0] != out_px or crop.shape[1] != out_px:
-                img = Image.fromarray(np.ascontiguousarray(crop)).resize((out_px, out_px), Image.Resampling.LANCZOS)
+                img = Image.fromarray(np.ascontiguousarray(crop)).resize((out_px, out_px), resample)
                 crop = np.asarray(img)
             batch[i] = np.moveaxis(crop, -1, 0)
 

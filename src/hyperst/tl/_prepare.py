@@ -161,7 +161,11 @@ def slide_gene_arrays(
 def geometry_from(config: HyperSTConfig) -> PatchGeometry:
     """Patch geometry of a config."""
     return PatchGeometry(
-        spot_um=config.spot_um, niche_um=config.niche_um, n_rings=config.n_rings, out_px=config.patch_px
+        spot_um=config.spot_um,
+        niche_um=config.niche_um,
+        n_rings=config.n_rings,
+        out_px=config.patch_px,
+        resample=getattr(config, "resample", "lanczos"),
     )
 
 
