@@ -105,6 +105,35 @@ def ratios(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def blend(results: dict[str, dict]) -> str:
+    """One row per accuracy file with ``hyperst_blend``: its PCC@50 ratio beside HyperST's, paired differences."""
+    lines = [
+        "| file | best baseline | PCC@50 ratio hyperst → hyperst_blend | mean PCC hyperst → hyperst_blend | "
+        "Δ PCC@50 blend − hyperst (wins) | Δ PCC@50 blend − best baseline (wins) | decoder share per fold |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        summary = result["summary"]
+        baselines = [b for b in BASELINES if b in summary]
+        if not {"hyperst", "hyperst_blend"} <= set(summary) or not baselines:
+            continue
+        best = max(baselines, key=lambda b: summary[b]["pcc_at_50"]["mean"])
+        top = summary[best]["pcc_at_50"]["mean"]
+        folds = [f for f in result["folds"] if {"hyperst", "hyperst_blend", best} <= set(f["methods"])]
+        cells = []
+        for other in ("hyperst", best):
+            d = [f["methods"]["hyperst_blend"]["pcc_at_50"] - f["methods"][other]["pcc_at_50"] for f in folds]
+            cells.append(f"{sum(d) / len(d):+.3f} ({_wins(d)})")
+        shares = ", ".join(f"{f['methods']['hyperst_blend'].get('decoder_share', float('nan')):.2f}" for f in folds)
+        lines.append(
+            f"| {name} | {best} | {summary['hyperst']['pcc_at_50']['mean'] / top:.3f} → "
+            f"{summary['hyperst_blend']['pcc_at_50']['mean'] / top:.3f} | "
+            f"{summary['hyperst']['pcc_mean']['mean']:.3f} → {summary['hyperst_blend']['pcc_mean']['mean']:.3f} | "
+            f"{cells[0]} | {cells[1]} | {shares} |"
+        )
+    return "\n".join(lines)
+
+
 def trust(result: dict) -> str:
     """Coverage and width of the intervals, and score-error rank correlations, per fold and summarised."""
     s = result["settings"]
@@ -183,6 +212,7 @@ def main() -> None:
             print(f"<!-- {path.name} -->\n{trust(result)}\n")
     if accuracies:
         print(f"<!-- ratios -->\n{ratios(accuracies)}\n")
+        print(f"<!-- blend -->\n{blend(accuracies)}\n")
 
 
 if __name__ == "__main__":
