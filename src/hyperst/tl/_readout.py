@@ -2,11 +2,11 @@
 
 The ridge is fitted on the training spots' view-0 spot and niche features, standardised as the module
 standardises them, from sufficient statistics gathered block by block from the feature caches (memory
-``(2F)^2``, not the cohort's features). Its penalty is chosen by generalised cross-validation on the same spots, from a grid fixed in
-advance (``ALPHAS``), one penalty for all genes. The decoder's share ``mix`` is chosen on the validation slide
-of the held-out run (grid ``MIXES``, lowest mean squared error; ties go to the decoder), so no choice sees
-a slide that is scored later. The refit's ridge is fitted afresh on all training spots with the same rules
-and keeps the held-out run's ``mix``.
+``(2F)^2``, not the cohort's features). Its penalty is chosen by generalised cross-validation on the same
+spots, from a grid fixed in advance (``ALPHAS``), one penalty for all genes. The decoder's share ``mix`` is
+chosen on the validation slide of the held-out run (grid ``MIXES``, lowest mean squared error; ties go to the
+decoder), so no choice sees a slide that is scored later. The refit's ridge is fitted afresh on all training
+spots with the same rules and keeps the held-out run's ``mix``.
 """
 
 from __future__ import annotations
