@@ -205,6 +205,31 @@ def _print(rows: list[dict], stand_in: list[dict]) -> None:
         print(f"stand-in {r['stand_in_spots_per_s']:.0f} spots/s, {r['workers']} workers: fed {r['fed']:.0%}")
 
 
+def cpu_rows(n_spots: int, batch_size: int) -> list[dict]:
+    """CPU time per spot of ``PatchReader.read`` with one read thread, per resize filter, twice each.
+
+    CPU time is what two free cores divide: ``2 / cpu`` is the rate two idle cores could reach, a projection
+    that holds under load, where wall-clock rates do not.
+    """
+    import hyperst
+    from hyperst._data import PatchGeometry, PatchReader, slide_layout
+
+    hyperst.settings.read_workers = 1
+    slide = hyperst.datasets.synthetic(n_slides=1, n_spots=n_spots, n_genes=50, microns_per_pixel=1.0, seed=0)[0]
+    layout = slide_layout(slide)
+    rows = []
+    for resample in ("lanczos", "bilinear") * 2:
+        reader = PatchReader(slide, layout, PatchGeometry(resample=resample))
+        reader.read(np.arange(batch_size))  # warm the tile cache
+        t0 = time.process_time()
+        for a in range(0, n_spots, batch_size):
+            reader.read(np.arange(a, min(a + batch_size, n_spots)))
+        ms = (time.process_time() - t0) / n_spots * 1e3
+        rows.append({"resample": resample, "cpu_ms_per_spot": ms, "two_free_cores_spots_per_s": 2e3 / ms})
+        print(f"  {resample:<9}{ms:6.2f} ms CPU/spot  -> {2e3 / ms:5.0f} spots/s on two free cores", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spots", type=int, default=2000, help="spots of the synthetic slide")
@@ -214,6 +239,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="`src` folder of another checkout whose direct reader to measure")
     parser.add_argument("--stand-in", nargs="*", type=float, default=[], help="stand-in encoder rates, spots/s")
     parser.add_argument("--no-large", action="store_true", help="skip the 40,000 px slide")
+    parser.add_argument("--cpu-only", action="store_true", help="only the CPU time per spot of each resize filter")
     parser.add_argument("--out", default=str(HERE / "results" / "patches.json"))
     parser.add_argument("--tmp", default="/tmp/hyperst_patches")
     parser.add_argument("--child-baseline", action="store_true", help=argparse.SUPPRESS)
@@ -223,10 +249,13 @@ def main() -> None:
         print("ROWS_JSON " + json.dumps(_measure(args, baseline=True)))
         return
     started = datetime.now(UTC).isoformat(timespec="seconds")
-    rows = _baseline_rows(args) if args.baseline else []
-    rows += _measure(args, baseline=False)
-    stand_in = stand_in_rows(args.stand_in, args.spots, args.batch_size) if args.stand_in else []
-    _print(rows, stand_in)
+    rows, stand_in = [], []
+    if not args.cpu_only:
+        rows = _baseline_rows(args) if args.baseline else []
+        rows += _measure(args, baseline=False)
+        stand_in = stand_in_rows(args.stand_in, args.spots, args.batch_size) if args.stand_in else []
+        _print(rows, stand_in)
+    cpu = cpu_rows(min(args.spots, 1000), args.batch_size)
     import hyperst
 
     result = {
@@ -241,6 +270,7 @@ def main() -> None:
         "args": vars(args),
         "rows": rows,
         "stand_in": stand_in,
+        "cpu_per_spot": cpu,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
