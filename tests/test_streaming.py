@@ -185,7 +185,7 @@ def test_a_two_process_gloo_fit_equals_one_process_on_the_same_global_batches(sl
     )
     original = _train._loader
 
-    def like_ddp(ds, cfg, *, train):
+    def like_ddp(ds, cfg, *, train, world_size=1):
         if not train:
             return original(ds, cfg, train=train)
         sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=cfg.random_state)
@@ -209,3 +209,19 @@ def test_fit_under_ddp_streams_with_the_chunk_shuffle(slides, feature_cache, mon
     )
     assert all(np.isfinite(v.numpy()).all() for v in _weights(model).values())
     assert len(model.history) == DDP["max_epochs"]
+
+
+def test_ddp_batches_fit_each_process_share_so_no_step_is_dropped():
+    """40 spots on 2 processes with batch 32: each process sees 20, so a batch of 32 with drop_last would train
+    nothing; the batch shrinks to the share instead."""
+    from torch.utils.data import TensorDataset
+
+    from hyperst import HyperSTConfig, _train
+
+    ds = TensorDataset(torch.zeros(40, 1))
+    cfg = HyperSTConfig(batch_size=32)
+    one = _train._loader(ds, cfg, train=True)
+    two = _train._loader(ds, cfg, train=True, world_size=2)
+    assert (one.batch_size, one.drop_last) == (32, True)
+    assert (two.batch_size, two.drop_last) == (20, False)
+    assert _train._loader(ds, cfg, train=True, world_size=8).batch_size == 5

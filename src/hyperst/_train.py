@@ -253,17 +253,22 @@ def _load_done(
     return meta["history"], int(meta["best_epoch"])
 
 
-def _loader(ds: Dataset, cfg: HyperSTConfig, *, train: bool) -> DataLoader:
-    """Batches of ``ds``: shuffled for training, by the dataset's chunk-aware sampler when it has one."""
+def _loader(ds: Dataset, cfg: HyperSTConfig, *, train: bool, world_size: int = 1) -> DataLoader:
+    """Batches of ``ds``: shuffled for training, by the dataset's chunk-aware sampler when it has one.
+
+    Under DDP each of the ``world_size`` processes gets its share of the spots, so the batch is at most that
+    share: a batch larger than a process's share, with ``drop_last``, would drop every batch and train nothing.
+    """
     gen = torch.Generator().manual_seed(cfg.random_state)
-    bs = min(cfg.batch_size, len(ds))
+    share = -(-len(ds) // max(1, world_size))
+    bs = min(cfg.batch_size, share)
     sampler = ds.sampler() if train and hasattr(ds, "sampler") else None
     return DataLoader(
         ds,
         batch_size=bs,
         shuffle=train and sampler is None,
         sampler=sampler,
-        drop_last=train and len(ds) > bs,
+        drop_last=train and share > bs,
         generator=gen,
         num_workers=settings.num_workers,
     )
@@ -344,7 +349,11 @@ def train(
                 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
             try:
                 trainer.fit(
-                    lit, _loader(train_data, config, train=True), val_loader, ckpt_path=ckpt_path, weights_only=True
+                    lit,
+                    _loader(train_data, config, train=True, world_size=trainer.world_size),
+                    val_loader,
+                    ckpt_path=ckpt_path,
+                    weights_only=True,
                 )
                 recorder.take_spool()
             finally:

@@ -171,7 +171,7 @@ def _rebuild(record: EncoderRecord) -> ImageEncoder:
 
 
 def extractor_for(record: EncoderRecord, n_features: int) -> FeatureExtractor:
-    """Rebuild the frozen, CPU feature extractor a model's predictions read, from its record.
+    """Rebuild the frozen feature extractor a model's predictions read, from its record (on the GPU if present).
 
     ``n_features`` is the width the model's module reads; the rebuilt encoder must give it.
 
@@ -191,7 +191,13 @@ def extractor_for(record: EncoderRecord, n_features: int) -> FeatureExtractor:
         raise ValueError(msg)
     module = _rebuild_lora(record) if record.lora is not None else _rebuild(record)
     fingerprint = state_fingerprint(module.state_dict())
-    return _checked_width(FeatureExtractor(replace(record, fingerprint=fingerprint), module, "cpu"), n_features)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as `fit` extracts: on the GPU when there is one
+    extractor = _checked_width(FeatureExtractor(replace(record, fingerprint=fingerprint), module, "cpu"), n_features)
+    module.to(device)
+    extractor.device = device
+    return extractor
 
 
 def _checked_width(extractor: FeatureExtractor, n_features: int) -> FeatureExtractor:

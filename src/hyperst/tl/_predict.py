@@ -153,6 +153,8 @@ def predict(
         cache=cache,
         desc="predict",
     )
+    if extractor.module is not None:  # a custom module is the user's: back where it was found
+        extractor.module.cpu()
     table_key = slide.layout.elements.table_key
     graph = niche_graph(slide.sdata, table_key=table_key, n_rings=model.config.n_rings, inplace=False)
     inference = infer(model, slide, spot, niche, keys=keys, layer=layer, connectivities=graph[0])
