@@ -769,7 +769,10 @@ def _setting_negative_workers(s, model, tmp_path):
     return lambda: setattr(hst.settings, "num_workers", -1)
 
 
-@case(AttributeError, r"`hyperst\.settings` has no setting `seed`; the settings are \[.cache_dir., .num_workers.")
+@case(
+    AttributeError,
+    r"`hyperst\.settings` has no setting `seed`; the settings are \[.cache_dir., .feature_cache_mb., .num_workers.",
+)
 def _setting_that_does_not_exist(s, model, tmp_path):
     return lambda: setattr(hst.settings, "seed", 1)
 
