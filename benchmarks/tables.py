@@ -79,6 +79,12 @@ BASELINES = ("ridge", "mlp", "bleep")
 ABLATIONS = ("hyperst", "no_entailment", "no_alignment")
 
 
+def _best_baseline(summary: dict) -> str | None:
+    """The baseline with the highest mean PCC@50 in ``summary`` (``None`` without one)."""
+    baselines = [b for b in BASELINES if b in summary]
+    return max(baselines, key=lambda b: summary[b]["pcc_at_50"]["mean"]) if baselines else None
+
+
 def ratios(results: dict[str, dict]) -> str:
     """One row per accuracy file: HyperST's PCC@50 / the best baseline's, mean PCCs, paired wins."""
     lines = [
@@ -88,10 +94,9 @@ def ratios(results: dict[str, dict]) -> str:
     ]
     for name, result in results.items():
         summary, s = result["summary"], result["settings"]
-        baselines = [b for b in BASELINES if b in summary]
-        if "hyperst" not in summary or not baselines:
+        best = _best_baseline(summary)
+        if "hyperst" not in summary or best is None:
             continue
-        best = max(baselines, key=lambda b: summary[b]["pcc_at_50"]["mean"])
         ratio = summary["hyperst"]["pcc_at_50"]["mean"] / summary[best]["pcc_at_50"]["mean"]
         means = " / ".join(f"{summary[m]['pcc_mean']['mean']:.3f}" if m in summary else "–" for m in ABLATIONS)
         both = [f for f in result["folds"] if "hyperst" in f["methods"] and best in f["methods"]]
@@ -114,10 +119,9 @@ def blend(results: dict[str, dict]) -> str:
     ]
     for name, result in results.items():
         summary = result["summary"]
-        baselines = [b for b in BASELINES if b in summary]
-        if not {"hyperst", "hyperst_blend"} <= set(summary) or not baselines:
+        best = _best_baseline(summary)
+        if not {"hyperst", "hyperst_blend"} <= set(summary) or best is None:
             continue
-        best = max(baselines, key=lambda b: summary[b]["pcc_at_50"]["mean"])
         top = summary[best]["pcc_at_50"]["mean"]
         folds = [f for f in result["folds"] if {"hyperst", "hyperst_blend", best} <= set(f["methods"])]
         cells = []
