@@ -4,6 +4,7 @@ Prints a table and writes JSON (default ``benchmarks/results/extraction.json``):
 
     nice -n 10 python benchmarks/extraction.py                      # 4 slides x 80 spots, resnet18, 1 view
     nice -n 10 python benchmarks/extraction.py --slides 8 --spots 200 --encoder resnet50 --repeats 2
+    python benchmarks/extraction.py --repeats 2 --dask-env          # also dask's default worker environment
 
 Synthetic slides (``hst.datasets.synthetic``) are written to zarr stores first, as a cohort on disk is; every
 measurement passes the store paths, so each process reads its own slides. The encoder has random weights
@@ -13,7 +14,10 @@ measurement passes the store paths, so each process reads its own slides. The en
 - ``2 processes``: a ``dask.distributed.LocalCluster`` of 2 single-threaded worker processes, started and
   warmed (hyperst imported) before the clock starts, then ``cache_features(paths, client=client)``. The
   cluster's start-up (new interpreters importing torch) is reported apart: it is paid once per call of
-  ``cache_features(..., n_workers=2)``, not per slide.
+  ``cache_features(..., n_workers=2)``, not per slide. The workers get the dask configuration that
+  ``cache_features`` gives the ones it starts (``worker_environment``: no ``MALLOC_TRIM_THRESHOLD_``);
+- ``2 procs, dask env`` (with ``--dask-env``): the same with dask's default worker environment, as a cluster a
+  user starts has it.
 
 Each measurement writes into a fresh cache folder, so every slide is computed. Rates are spots/s (both patches of
 every spot, ``--views`` views). CPU time is the sum over the processes that computed (``time.process_time``).
@@ -79,11 +83,17 @@ def _one_process(hst, paths: list[str], args: argparse.Namespace, cache: Path) -
     return _row("1 process", table, wall, cpu, startup=0.0)
 
 
-def _two_processes(hst, paths: list[str], args: argparse.Namespace, cache: Path) -> dict:
+def _two_processes(hst, paths: list[str], args: argparse.Namespace, cache: Path, *, dask_env: bool = False) -> dict:
+    from contextlib import nullcontext
+
     from distributed import Client, LocalCluster
 
+    from hyperst.tl._cohort import worker_environment
+
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    # the workers cache_features(n_workers=2) starts, or (dask_env) dask's defaults, as a user's own cluster has
+    with nullcontext() if dask_env else worker_environment():
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(cluster)
     threads = sorted(client.run(_warm).values())
     startup = time.perf_counter() - t0
@@ -104,7 +114,8 @@ def _two_processes(hst, paths: list[str], args: argparse.Namespace, cache: Path)
     finally:
         client.close()
         cluster.close()
-    return _row("2 processes", table, wall, cpu, startup=startup, worker_threads=threads)
+    label = "2 procs, dask env" if dask_env else "2 processes"
+    return _row(label, table, wall, cpu, startup=startup, worker_threads=threads)
 
 
 def _row(label: str, table, wall: float, cpu: float, *, startup: float, **extra) -> dict:
@@ -132,6 +143,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--dask-env", action="store_true", help="also 2 workers in dask's default environment")
     parser.add_argument("--out", default=str(HERE / "results" / "extraction.json"))
     args = parser.parse_args()
     import hyperst as hst
@@ -146,6 +158,8 @@ def main() -> None:
         for r in range(args.repeats):
             runs.append(_one_process(hst, paths, args, root / f"c1_{r}") | {"round": r})
             runs.append(_two_processes(hst, paths, args, root / f"c2_{r}") | {"round": r})
+            if args.dask_env:
+                runs.append(_two_processes(hst, paths, args, root / f"c3_{r}", dask_env=True) | {"round": r})
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -153,11 +167,11 @@ def main() -> None:
     two = [x for x in runs if x["run"] == "2 processes"]
     speedup = [round(b["spots_per_s"] / a["spots_per_s"], 2) for a, b in zip(one, two, strict=True)]
     print(
-        f"{'run':<13}{'round':>6}{'spots':>7}{'wall s':>8}{'spots/s':>9}{'CPU s':>8}{'CPU/wall':>9}{'start-up s':>11}"
+        f"{'run':<18}{'round':>6}{'spots':>7}{'wall s':>8}{'spots/s':>9}{'CPU s':>8}{'CPU/wall':>9}{'start-up s':>11}"
     )
     for x in runs:
         print(
-            f"{x['run']:<13}{x['round']:>6}{x['spots']:>7}{x['wall_s']:>8.1f}{x['spots_per_s']:>9.2f}"
+            f"{x['run']:<18}{x['round']:>6}{x['spots']:>7}{x['wall_s']:>8.1f}{x['spots_per_s']:>9.2f}"
             f"{x['cpu_s']:>8.1f}{x['cpu_per_wall']:>9.2f}{x['startup_s']:>11.1f}"
         )
     print(

@@ -12,7 +12,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -174,13 +175,44 @@ def _run_distributed(items: list[Any], job: _Job, client: Client) -> list[dict[s
     return rows
 
 
+#: The variable dask's nanny sets in the workers it starts (to hand freed memory back to the system). It also turns
+#: off glibc's adaptive mmap threshold, so every batch's activations are mapped and unmapped afresh: a torch encoder
+#: spent about 40 % more CPU time per spot with it (``benchmarks/extraction.py --dask-env``). A task's memory is set
+#: by its batch, so the workers :func:`cache_features` starts keep glibc's default.
+TRIM_VARIABLE = "MALLOC_TRIM_THRESHOLD_"
+
+
+@contextmanager
+def worker_environment() -> Iterator[None]:
+    """Start dask workers without ``MALLOC_TRIM_THRESHOLD_`` inside this block.
+
+    dask's config sets it in the workers, and a nanny also leaves it in this process's environment (which new
+    workers inherit) once any cluster has been started here; both are undone for the block.
+    """
+    import dask
+    import distributed  # noqa: F401  (loads its config, which this block overrides)
+
+    saved = os.environ.pop(TRIM_VARIABLE, None)
+    try:
+        with dask.config.set({f"distributed.nanny.pre-spawn-environ.{TRIM_VARIABLE}": None}):
+            yield
+    finally:
+        if saved is not None:
+            os.environ[TRIM_VARIABLE] = saved
+
+
 def _local_client(n_workers: int) -> Client:
     """Start a cluster of ``n_workers`` single-threaded processes on this machine."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
-    )
+    with worker_environment():
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     return Client(cluster)
 
 
