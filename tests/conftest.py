@@ -117,6 +117,34 @@ def square_centres(n_rows: int, n_cols: int, pitch: float, origin: tuple[float, 
     return np.column_stack([origin[0] + xx.ravel() * pitch, origin[1] + yy.ravel() * pitch]).astype(float)
 
 
+def write_cellranger_h5(table, path: Path) -> None:
+    """Write a table's raw counts as Cell Ranger's / Space Ranger's HDF5 matrix.
+
+    The layout the readers open: ``matrix/`` holds the CSC of genes x barcodes (``data``, ``indices``,
+    ``indptr``, ``shape``, ``barcodes``) and ``matrix/features/`` the gene ids, names, feature types and genome.
+    """
+    import h5py
+    from scipy import sparse
+
+    x = sparse.csr_matrix(table.X)  # barcodes x genes as CSR is genes x barcodes as CSC
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m["barcodes"] = np.array(table.obs_names, dtype="S")
+        m["data"] = x.data.astype(np.int32)
+        m["indices"] = x.indices.astype(np.int64)
+        m["indptr"] = x.indptr.astype(np.int64)
+        m["shape"] = np.array([table.n_vars, table.n_obs], dtype=np.int32)
+        feats = m.create_group("features")
+        feats["_all_tag_keys"] = np.array(["genome"], dtype="S")
+        for key, values in (
+            ("id", table.var["gene_ids"]),
+            ("name", table.var_names),
+            ("feature_type", table.var["feature_types"]),
+            ("genome", table.var["genome"]),
+        ):
+            feats[key] = np.array(values, dtype="S")
+
+
 @pytest.fixture(scope="session")
 def her2st_dir() -> Path:
     if not (HER2ST / "C3.h5ad").exists():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -17,6 +16,7 @@ from skimage.io import imsave
 from spatialdata import SpatialData
 from spatialdata.transformations import get_transformation, get_transformation_between_coordinate_systems
 
+from conftest import write_cellranger_h5
 from hyperst.datasets import synthetic
 
 ROLES = {"domain", "subdomain", "morphology", "niche", "noise"}
@@ -77,20 +77,7 @@ def _write_visium(sdata: SpatialData, path, dataset_id: str) -> None:
     """Write a slide as a Space Ranger output folder (counts h5, positions, scale factors, images)."""
     table = sdata.tables["table"]
     (path / "spatial").mkdir(parents=True)
-    x = sparse.csr_matrix(table.X)
-    with h5py.File(path / "filtered_feature_bc_matrix.h5", "w") as f:
-        m = f.create_group("matrix")
-        m["barcodes"] = np.array(table.obs_names, dtype="S")
-        m["data"] = x.data.astype(np.int32)
-        m["indices"] = x.indices.astype(np.int64)
-        m["indptr"] = x.indptr.astype(np.int64)
-        m["shape"] = np.array([table.n_vars, table.n_obs], dtype=np.int32)
-        feats = m.create_group("features")
-        feats["_all_tag_keys"] = np.array(["genome"], dtype="S")
-        feats["id"] = np.array(table.var["gene_ids"], dtype="S")
-        feats["name"] = np.array(table.var_names, dtype="S")
-        feats["feature_type"] = np.array(table.var["feature_types"], dtype="S")
-        feats["genome"] = np.array(table.var["genome"], dtype="S")
+    write_cellranger_h5(table, path / "filtered_feature_bc_matrix.h5")
     xy = table.obsm["spatial"]
     pd.DataFrame(
         {

@@ -16,9 +16,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from scipy import sparse
 
 import hyperst as hst
+from conftest import write_cellranger_h5
 from hyperst._constants import PSEUDOSPOTS_KEY, SYNTHETIC_ATTRS
 
 spatialdata_io = pytest.importorskip("spatialdata_io")
@@ -27,32 +27,11 @@ tifffile = pytest.importorskip("tifffile")
 FIT = {"encoder": "squidpy", "max_epochs": 5, "batch_size": 64, "embed_dim": 32, "refit": False, "random_state": 0}
 
 
-def _write_counts(table, path: Path) -> None:
-    """Raw counts as Cell Ranger's HDF5 matrix (``matrix/``: CSC of genes x barcodes, ``features/``)."""
-    x = sparse.csr_matrix(table.X)  # barcodes x genes as CSR is genes x barcodes as CSC
-    with h5py.File(path, "w") as f:
-        m = f.create_group("matrix")
-        m["barcodes"] = np.array(table.obs_names, dtype="S")
-        m["data"] = x.data.astype(np.int32)
-        m["indices"] = x.indices.astype(np.int64)
-        m["indptr"] = x.indptr.astype(np.int64)
-        m["shape"] = np.array([table.n_vars, table.n_obs], dtype=np.int32)
-        feats = m.create_group("features")
-        feats["_all_tag_keys"] = np.array(["genome"], dtype="S")
-        for key, values in (
-            ("id", table.var["gene_ids"]),
-            ("name", table.var_names),
-            ("feature_type", table.var["feature_types"]),
-            ("genome", table.var["genome"]),
-        ):
-            feats[key] = np.array(values, dtype="S")
-
-
 def _write_bins(table, folder: Path, scalefactors: dict) -> None:
     import pandas as pd
 
     (folder / "spatial").mkdir(parents=True)
-    _write_counts(table, folder / "filtered_feature_bc_matrix.h5")
+    write_cellranger_h5(table, folder / "filtered_feature_bc_matrix.h5")
     xy = np.asarray(table.obsm["spatial"])
     positions = {"barcode": table.obs_names.to_numpy()}
     positions.update({c: table.obs[c].to_numpy() for c in ("in_tissue", "array_row", "array_col")})
