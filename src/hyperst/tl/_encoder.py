@@ -182,7 +182,9 @@ def extractor_for(record: EncoderRecord, n_features: int) -> FeatureExtractor:
         weights that were not stored), or it gives another feature width than the model reads.
     """
     if record.handcrafted:
-        return _checked_width(_handcrafted(), n_features)
+        extractor = _handcrafted()
+        _check_width(extractor.n_features, n_features)
+        return extractor
     if record.custom and record.module is None:  # stored weights alone cannot rebuild a user's architecture
         msg = (
             f"This model was trained with a custom encoder module (`{record.name}`): pass it with "
@@ -190,18 +192,15 @@ def extractor_for(record: EncoderRecord, n_features: int) -> FeatureExtractor:
         )
         raise ValueError(msg)
     module = _rebuild_lora(record) if record.lora is not None else _rebuild(record)
+    _check_width(module.n_features, n_features)  # before the move: a user's module is not left on the GPU
     fingerprint = state_fingerprint(module.state_dict())
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as `fit` extracts: on the GPU when there is one
-    extractor = _checked_width(FeatureExtractor(replace(record, fingerprint=fingerprint), module, "cpu"), n_features)
-    module.to(device)
-    extractor.device = device
-    return extractor
+    return FeatureExtractor(replace(record, fingerprint=fingerprint), module.to(device), device)
 
 
-def _checked_width(extractor: FeatureExtractor, n_features: int) -> FeatureExtractor:
-    width = extractor.module.n_features if extractor.module is not None else extractor.n_features
+def _check_width(width: int, n_features: int) -> None:
     if width != n_features:
         msg = (
             f"The encoder gives {width} features but the model reads {n_features}: the encoder does not match "
@@ -209,4 +208,3 @@ def _checked_width(extractor: FeatureExtractor, n_features: int) -> FeatureExtra
             "(`HyperST.load(path, encoder=...)` for a custom one), or refit it."
         )
         raise ValueError(msg)
-    return extractor
