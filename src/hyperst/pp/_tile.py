@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -158,6 +158,75 @@ def _check_free(sdata: SpatialData, shapes_key: str, table_key: str) -> bool:
     return ours
 
 
+def _pixel_size(sdata: SpatialData, image_key: str, microns_per_pixel: float | None) -> tuple[float, str]:
+    """Return the µm/px of ``image_key`` and where it comes from: given, or found by :func:`_find_mpp`."""
+    if microns_per_pixel is not None:
+        return float(check_positive(microns_per_pixel, "microns_per_pixel")), "given"
+    found = _find_mpp(sdata, image_key)
+    if found is None:
+        msg = (
+            f"Cannot tell the pixel size of image `{image_key!r}`: no spot circles are aligned with it. "
+            "Pass `microns_per_pixel=` (the full-resolution pixel size, e.g. 0.25 for a 40x scan)."
+        )
+        raise ValueError(msg)
+    mpp, source = found
+    logger.info("Using %.4g µm/px for image `%s`, from the %s.", mpp, image_key, source)
+    return mpp, source
+
+
+def _spots_on_tissue(
+    image: object, image_key: str, pitch: float, radius: float, min_tissue: float
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray, float]:
+    """Find the lattice sites whose circle is at least ``min_tissue`` tissue; return them, the mask, its threshold.
+
+    The sites are ``(centres, array rows, array columns, tissue fractions)``, empty when no tissue is found.
+    """
+    rgb, scale, shape = low_res(image, image_key)
+    mask, threshold = tissue_mask(rgb, min_object_px=math.pi * radius**2 / (scale[0] * scale[1]))
+    if not mask.any():
+        empty = np.empty(0, dtype=np.int64)
+        return (np.empty((0, 2)), empty, empty, np.empty(0)), mask, threshold
+    centres, rows, cols = _hex_candidates(mask, scale, shape, pitch, radius)
+    frac = _tissue_fraction(mask, scale, centres, radius)
+    keep = frac >= min_tissue - 1e-9
+    return (centres[keep], rows[keep], cols[keep], frac[keep]), mask, threshold
+
+
+def _tiles_elements(
+    image: object,
+    spots: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    radius: float,
+    shapes_key: str,
+    params: dict[str, Any],
+) -> tuple[GeoDataFrame, AnnData]:
+    """Build the circles (in the image's coordinate systems) and the table of the virtual spots ``spots``."""
+    import anndata as ad
+    import pandas as pd
+    from spatialdata.models import ShapesModel, TableModel
+    from spatialdata.transformations import get_transformation
+
+    centres, rows, cols, frac = spots
+    n = len(centres)
+    ids = np.arange(n)
+    transformations = {cs: copy.deepcopy(t) for cs, t in get_transformation(image, get_all=True).items()}
+    circles = ShapesModel.parse(
+        centres, geometry=0, radius=np.full(n, radius), index=pd.Index(ids), transformations=transformations
+    )
+    obs = pd.DataFrame(
+        {
+            "array_row": rows.astype(np.int64),
+            "array_col": cols.astype(np.int64),
+            TISSUE_FRACTION_KEY: frac,
+            REGION_KEY: pd.Categorical([shapes_key] * n),
+            INSTANCE_KEY: ids,
+        },
+        index=pd.Index([f"tile_{i}" for i in ids]),
+    )
+    table = ad.AnnData(obs=obs, obsm={"spatial": centres.copy()})
+    table.uns[TILES_KEY] = params
+    return circles, TableModel.parse(table, region=shapes_key, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+
+
 def tile(
     sdata: SpatialData,
     *,
@@ -237,11 +306,7 @@ def tile(
     >>> sdata.tables["hyperst_tiles"].uns["hyperst_tiles"]["microns_per_pixel"]  # from the slide's own spots
     1.0
     """
-    import anndata as ad
-    import pandas as pd
     from spatialdata import SpatialData
-    from spatialdata.models import ShapesModel, TableModel
-    from spatialdata.transformations import get_transformation
 
     if not isinstance(sdata, SpatialData):
         raise TypeError(expected_type("sdata", "a SpatialData object", sdata))
@@ -255,30 +320,11 @@ def tile(
     replace = inplace and _check_free(sdata, shapes_key, key_added)
     image_key = _pick_image(sdata, image_key)
     image = sdata.images[image_key]
+    mpp, source = _pixel_size(sdata, image_key, microns_per_pixel)
 
-    if microns_per_pixel is not None:
-        mpp, source = float(check_positive(microns_per_pixel, "microns_per_pixel")), "given"
-    else:
-        found = _find_mpp(sdata, image_key)
-        if found is None:
-            msg = (
-                f"Cannot tell the pixel size of image `{image_key!r}`: no spot circles are aligned with it. "
-                "Pass `microns_per_pixel=` (the full-resolution pixel size, e.g. 0.25 for a 40x scan)."
-            )
-            raise ValueError(msg)
-        mpp, source = found
-        logger.info("Using %.4g µm/px for image `%s`, from the %s.", mpp, image_key, source)
-
-    pitch, radius = spacing_um / mpp, spot_diameter_um / mpp / 2
-    rgb, scale, shape = low_res(image, image_key)
-    mask, threshold = tissue_mask(rgb, min_object_px=math.pi * radius**2 / (scale[0] * scale[1]))
-    centres = np.empty((0, 2))
-    if mask.any():
-        centres, rows, cols = _hex_candidates(mask, scale, shape, pitch, radius)
-        frac = _tissue_fraction(mask, scale, centres, radius)
-        keep = frac >= min_tissue - 1e-9
-        centres, rows, cols, frac = centres[keep], rows[keep], cols[keep], frac[keep]
-    if not len(centres):
+    radius = spot_diameter_um / mpp / 2
+    spots, mask, threshold = _spots_on_tissue(image, image_key, spacing_um / mpp, radius, min_tissue)
+    if not len(spots[0]):
         msg = (
             f"Found no tissue under the virtual spots of image `{image_key!r}` ({100 * mask.mean():.1f} % of it "
             f"is tissue at saturation threshold {threshold:.3f}, none of it covering {min_tissue:g} of a "
@@ -287,24 +333,7 @@ def tile(
         )
         raise ValueError(msg)
 
-    n = len(centres)
-    ids = np.arange(n)
-    transformations = {cs: copy.deepcopy(t) for cs, t in get_transformation(image, get_all=True).items()}
-    circles = ShapesModel.parse(
-        centres, geometry=0, radius=np.full(n, radius), index=pd.Index(ids), transformations=transformations
-    )
-    obs = pd.DataFrame(
-        {
-            "array_row": rows.astype(np.int64),
-            "array_col": cols.astype(np.int64),
-            TISSUE_FRACTION_KEY: frac,
-            REGION_KEY: pd.Categorical([shapes_key] * n),
-            INSTANCE_KEY: ids,
-        },
-        index=pd.Index([f"tile_{i}" for i in ids]),
-    )
-    table = ad.AnnData(obs=obs, obsm={"spatial": centres.copy()})
-    table.uns[TILES_KEY] = {
+    params = {
         "image_key": image_key,
         "spacing_um": spacing_um,
         "spot_diameter_um": spot_diameter_um,
@@ -314,7 +343,7 @@ def tile(
         "saturation_threshold": threshold,
         "mask_shape": [int(s) for s in mask.shape],
     }
-    table = TableModel.parse(table, region=shapes_key, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    circles, table = _tiles_elements(image, spots, radius, shapes_key, params)
     if not inplace:
         return circles, table
     if replace:
@@ -322,7 +351,7 @@ def tile(
         del sdata.tables[key_added]
         if shapes_key in sdata.shapes:
             del sdata.shapes[shapes_key]
-    logger.info("Adding `shapes[%r]`, `tables[%r]` (%d virtual spots)", shapes_key, key_added, n)
+    logger.info("Adding `shapes[%r]`, `tables[%r]` (%d virtual spots)", shapes_key, key_added, table.n_obs)
     sdata.shapes[shapes_key] = circles
     sdata.tables[key_added] = table
     return None
