@@ -131,6 +131,51 @@ def _coordinate_system(sdata: SpatialData, shapes_key: str, image_key: str) -> s
     return sorted(shared)[0]  # resolve_elements checked there is one
 
 
+def _view(
+    sd: SpatialData, table: AnnData, el: SlideElements, panels: list[tuple[str, np.ndarray]], n_genes: int
+) -> tuple[SpatialData, str]:
+    """Build the SpatialData that is drawn, and the coordinate system it is drawn in.
+
+    It holds the image at display size, the spots, and a table of the panels' values (column ``v{p}_{j}``
+    for panel ``p`` and gene ``j``) annotating them.
+    """
+    import anndata as ad
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    obs = pd.DataFrame(index=table.obs_names.copy())
+    obs[el.region_key] = pd.Categorical(table.obs[el.region_key].astype(str))
+    obs[el.instance_key] = table.obs[el.instance_key].to_numpy()
+    for p, (_, values) in enumerate(panels):
+        for j in range(n_genes):
+            obs[f"v{p}_{j}"] = values[:, j]
+    derived = TableModel.parse(
+        ad.AnnData(obs=obs), region=el.shapes_key, region_key=el.region_key, instance_key=el.instance_key
+    )
+    cs = _coordinate_system(sd, el.shapes_key, el.image_key)
+    view = SpatialData(
+        images={el.image_key: _display_image(sd.images[el.image_key], cs)},
+        shapes={el.shapes_key: sd.shapes[el.shapes_key]},
+        tables={_VALUES: derived},
+    )
+    return view, cs
+
+
+def _panel_axes(ax: Axes | Sequence[Axes] | None, n_rows: int, n_cols: int) -> tuple[Figure, list[Axes]]:
+    """Return the figure and the ``n_rows x n_cols`` axes (row-major): a new grid, or the user's ``ax``."""
+    import matplotlib.pyplot as plt
+
+    axes = to_axes_list(ax)
+    if axes is None:
+        fig, grid = plt.subplots(
+            n_rows, n_cols, figsize=(3.2 * n_cols + 1.0, 3.2 * n_rows), squeeze=False, layout="constrained"
+        )
+        return fig, list(grid.ravel())
+    if len(axes) != n_rows * n_cols:
+        raise ValueError(expected("ax", f"{n_rows * n_cols} Axes ({n_rows} genes x {n_cols} panels)", len(axes)))
+    return axes[0].figure, axes
+
+
 @doc_params
 def spatial(
     sdata: SpatialData | AnnData,
@@ -190,13 +235,9 @@ def spatial(
     >>> hst.tl.predict(sdata, model)  # doctest: +SKIP
     >>> fig = hst.pl.spatial(sdata, ["ERBB2", "KRT19"], show=False)  # doctest: +SKIP
     """
-    import anndata as ad
-    import matplotlib.pyplot as plt
     import spatialdata_plot  # noqa: F401  (registers the `.pl` accessor)
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from spatialdata import SpatialData
-    from spatialdata.models import TableModel
 
     names = _gene_list(genes)
     sd = as_spatialdata(sdata)
@@ -211,33 +252,9 @@ def spatial(
     measured = _observed(table, name, names, counts_layer, target)
     panels = [("measured", measured), ("predicted", predicted)] if measured is not None else [("predicted", predicted)]
 
-    obs = pd.DataFrame(index=table.obs_names.copy())
-    obs[el.region_key] = pd.Categorical(table.obs[el.region_key].astype(str))
-    obs[el.instance_key] = table.obs[el.instance_key].to_numpy()
-    for p, (_, values) in enumerate(panels):
-        for j in range(len(names)):
-            obs[f"v{p}_{j}"] = values[:, j]
-    derived = TableModel.parse(
-        ad.AnnData(obs=obs), region=el.shapes_key, region_key=el.region_key, instance_key=el.instance_key
-    )
-    cs = _coordinate_system(sd, el.shapes_key, el.image_key)
-    view = SpatialData(
-        images={el.image_key: _display_image(sd.images[el.image_key], cs)},
-        shapes={el.shapes_key: sd.shapes[el.shapes_key]},
-        tables={_VALUES: derived},
-    )
-
+    view, cs = _view(sd, table, el, panels, len(names))
     n_rows, n_cols = len(names), len(panels)
-    axes = to_axes_list(ax)
-    if axes is None:
-        fig, grid = plt.subplots(
-            n_rows, n_cols, figsize=(3.2 * n_cols + 1.0, 3.2 * n_rows), squeeze=False, layout="constrained"
-        )
-        axes = list(grid.ravel())
-    elif len(axes) != n_rows * n_cols:
-        raise ValueError(expected("ax", f"{n_rows * n_cols} Axes ({n_rows} genes x {n_cols} panels)", len(axes)))
-    else:
-        fig = axes[0].figure
+    fig, axes = _panel_axes(ax, n_rows, n_cols)
     for j, gene in enumerate(names):
         both = np.concatenate([v[:, j] for _, v in panels])
         both = both[np.isfinite(both)]
