@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 SHARED = Path(os.environ.get("HYPERST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 HER2ST = SHARED / "data" / "her2st"
@@ -57,6 +61,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def downloads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Cut pooch off the network; every attempted download is recorded (the list returned) and refused.
+
+    Modules that load datasets turn it on for each test with ``pytestmark = pytest.mark.usefixtures("downloads")``.
+    """
+    import pooch
+
+    calls: list[str] = []
+
+    def refuse(self, url, output_file, pup, check_only=False):
+        calls.append(url)
+        msg = f"network access in tests: {url}"
+        raise RuntimeError(msg)
+
+    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", refuse)
+    return calls
+
+
+def random_pixels(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A seeded ``(batch, 3, size, size)`` uint8 torch tensor of random pixels."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
 def make_slide(

@@ -26,23 +26,11 @@ from test_datasets import _write_visium
 
 SAMPLE = "synthetic_0"  # the fake sample's name: _write_visium reads the synthetic slide's elements by it
 
+pytestmark = pytest.mark.usefixtures("downloads")
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def downloads(monkeypatch):
-    """Cut pooch off the network; every attempted download is recorded and refused."""
-    calls: list[str] = []
-
-    def refuse(self, url, output_file, pup, check_only=False):
-        calls.append(url)
-        msg = f"network access in tests: {url}"
-        raise RuntimeError(msg)
-
-    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", refuse)
-    return calls
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import random_pixels
 from hyperst._data import dihedral
 from hyperst._data._handcrafted import HANDCRAFTED_N_FEATURES, handcrafted_feature_names, handcrafted_features
 from hyperst.nn import EncoderSpec, ImageEncoder, apply_lora, build_encoder
 from hyperst.nn._lora import lora_targets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _pixels(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
-    return torch.randint(
-        0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
-    )
 
 
 def _resnet18(seed: int = 0) -> ImageEncoder:
@@ -91,14 +86,14 @@ def test_torchvision_backbones_give_pooled_features(name, n_features, size):
     enc = build_encoder(name, weights=None).eval()
     assert (enc.name, enc.n_features, enc.input_size) == (name, n_features, 224)
     with torch.no_grad():
-        out = enc(_pixels(size=size))
+        out = enc(random_pixels(size=size))
     assert out.shape == (2, n_features)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
 
 
 def test_uint8_and_float_inputs_agree():
-    enc, x = _resnet18(), _pixels()
+    enc, x = _resnet18(), random_pixels()
     with torch.no_grad():
         torch.testing.assert_close(enc(x), enc(x.float() / 255))
 
@@ -138,7 +133,7 @@ def test_any_module_is_wrapped_and_must_return_2d():
     assert enc.n_features == 5
     assert enc.name == "custom:Sequential"
     assert enc.spec.weights is None
-    assert enc(_pixels()).shape == (2, 5)
+    assert enc(random_pixels()).shape == (2, 5)
     assert build_encoder(enc) is enc
     assert build_encoder(body.eval()).backbone.training is False  # the dry run leaves the mode as it was
     with pytest.raises(
@@ -197,7 +192,7 @@ def test_checkpoint_round_trip(tmp_path, kind):
 
     enc = build_encoder("resnet18", weights=path).eval()
     assert enc.spec.weights == str(path)
-    x = _pixels()
+    x = random_pixels()
     with torch.no_grad():
         expected = source((x.float() / 255 - enc.mean) / enc.std)
         torch.testing.assert_close(enc(x), expected)
@@ -250,7 +245,7 @@ def test_uni_is_built_offline_with_its_kwargs(fake_timm):
     kwargs = {"init_values": 1e-5, "dynamic_img_size": True, "num_classes": 0}
     assert fake_timm == [("vit_large_patch16_224", False, kwargs)]
     assert enc.spec == EncoderSpec("hf-hub:MahmoodLab/UNI", None, 8, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    assert enc(_pixels(size=32)).shape == (2, 8)
+    assert enc(random_pixels(size=32)).shape == (2, 8)
     build_encoder("hf-hub:MahmoodLab/UNI")  # the default weights come from the hub
     assert fake_timm[-1] == ("hf-hub:MahmoodLab/UNI", True, kwargs)
     build_encoder("timm:vit_small_patch16_224", weights="augreg_in21k")
@@ -269,7 +264,7 @@ def test_real_timm_model():
     pytest.importorskip("timm")
     enc = build_encoder("timm:vit_tiny_patch16_224", weights=None).eval()
     with torch.no_grad():
-        assert enc(_pixels(size=224)).shape == (2, enc.n_features)
+        assert enc(random_pixels(size=224)).shape == (2, enc.n_features)
 
 
 # ---- LoRA ----
@@ -324,7 +319,7 @@ def _lora_size(module: nn.Module, r: int) -> int:
 def test_lora_trains_only_the_adapters_and_starts_as_the_original(arch, peft, fake_timm):
     enc = _resnet18() if arch == "resnet18" else build_encoder("hf-hub:MahmoodLab/UNI", weights=None).eval()
     size = 64 if arch == "resnet18" else 32
-    x = _pixels(size=size)
+    x = random_pixels(size=size)
     with torch.no_grad():
         before = enc(x)
     targets = lora_targets(enc, last_n_blocks=2)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import hyperst as hst
-from conftest import SHARED
+from conftest import SHARED, random_pixels
 from hyperst.nn import ENCODERS, build_encoder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,11 +33,6 @@ def mobilenet_file():
     if not path.is_file():
         pytest.skip(f"pretrained weights not found at {path} (needs ../shared/weights)")
     return path
-
-
-def _pixels(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=generator)
 
 
 def _class_layers(module: nn.Module) -> list[str]:
@@ -66,7 +61,7 @@ def test_torchvision_names_build_headless_with_the_width_of_a_dry_run(name, n_fe
     assert (enc.name, enc.spec.weights, enc.n_features, enc.input_size) == (name, None, n_features, 224)
     assert not _class_layers(enc.backbone)
     with torch.no_grad():
-        out = enc(_pixels())
+        out = enc(random_pixels())
     assert out.shape == (2, n_features)
     assert torch.isfinite(out).all() and out.std() > 0
 
@@ -82,7 +77,7 @@ def test_auxiliary_classifiers_are_removed_and_training_mode_gives_features():
     assert enc.backbone.aux1 is None and enc.backbone.aux2 is None
     assert not any(k.startswith("aux") for k in enc.state_dict())
     assert enc.backbone.transform_input  # inputs read as torchvision's ImageNet weights expect
-    out = enc.train()(_pixels(size=64))  # with aux heads, training mode would return a named tuple
+    out = enc.train()(random_pixels(size=64))  # with aux heads, training mode would return a named tuple
     assert isinstance(out, torch.Tensor) and out.shape == (2, 1024)
 
 
@@ -94,7 +89,7 @@ def test_a_full_checkpoint_loads_without_the_removed_layer(tmp_path):
     torch.save(source.state_dict(), tmp_path / "full.pth")  # with the class projection `classifier.1`
     enc = build_encoder("squeezenet1_1", weights=tmp_path / "full.pth").eval()
     source.classifier[1] = nn.Identity()
-    x = _pixels()
+    x = random_pixels()
     with torch.no_grad():
         torch.testing.assert_close(enc(x), source((x.float() / 255 - enc.mean) / enc.std))
 
@@ -142,7 +137,7 @@ def test_local_imagenet_weights_give_torchvisions_features(mobilenet_file):
     reference = torchvision.models.mobilenet_v2()
     reference.load_state_dict(torch.load(mobilenet_file, weights_only=True))
     reference.classifier = nn.Identity()
-    x = _pixels(size=96)
+    x = random_pixels(size=96)
     with torch.no_grad():
         out = enc(x)
         torch.testing.assert_close(out, again(x), rtol=0, atol=0)  # deterministic
@@ -169,7 +164,7 @@ def test_a_weights_name_reads_torchvisions_cache_offline(mobilenet_file, tmp_pat
     by_name = build_encoder("mobilenet_v2", weights="IMAGENET1K_V1").freeze()
     by_file = build_encoder("mobilenet_v2", weights=mobilenet_file).freeze()
     assert by_name.spec.weights == "IMAGENET1K_V1"
-    x = _pixels()
+    x = random_pixels()
     with torch.no_grad():
         torch.testing.assert_close(by_name(x), by_file(x), rtol=0, atol=0)
 

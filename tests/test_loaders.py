@@ -19,6 +19,8 @@ from hyperst.datasets import _registry as reg
 
 SECTIONS = ["C3", "B4"]
 
+pytestmark = pytest.mark.usefixtures("downloads")
+
 
 def _source(her2st_dir: Path, fname: str) -> Path:
     """The file in ../shared/data/her2st holding the bytes of cache name ``fname``."""
@@ -34,20 +36,6 @@ def _lay_out(her2st_dir: Path, cache: Path, sections: list[str]) -> Path:
     return cache
 
 
-@pytest.fixture(autouse=True)
-def downloads(monkeypatch):
-    """Cut pooch off the network; every attempted download is recorded and refused."""
-    calls: list[str] = []
-
-    def refuse(self, url, output_file, pup, check_only=False):
-        calls.append(url)
-        msg = f"network access in tests: {url}"
-        raise RuntimeError(msg)
-
-    monkeypatch.setattr(pooch.HTTPDownloader, "__call__", refuse)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def cache(her2st_dir, tmp_path_factory) -> Path:
     return _lay_out(her2st_dir, tmp_path_factory.mktemp("her2st_cache"), SECTIONS)
@@ -55,7 +43,7 @@ def cache(her2st_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(cache) -> dict:
-    # module-scoped fixtures run before the autouse guard: refuse downloads here too, so the cache alone serves
+    # module-scoped fixtures run before the `downloads` guard: refuse downloads here too, so the cache alone serves
     def refuse(*args, **kwargs):
         msg = "download attempted"
         raise AssertionError(msg)
