@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +27,10 @@ __all__ = ["counts_matrix", "log2_targets", "niche_mean", "select_hmhvg"]
 #: Mitochondrial and ribosomal-protein symbols (human and mouse). The authors' code drops every symbol that
 #: merely starts with "MT"/"RP", which also removes genes such as MTOR or RPA1; we match the families only.
 EXCLUDE_PATTERN = r"^(MT-|mt-|Mt-|RP[SL]\d|Rp[sl]\d|MRP[SL]\d|Mrp[sl]\d)"
+
+#: Stored counts (all slides together) per block of genes when ranking the HMHVG pool: about 8 bytes each in
+#: the stacked block and as much in each of the few copies taken of it, so ~64 MiB at most (one gene if more).
+STATS_BLOCK_ENTRIES = 2**21
 
 
 def counts_matrix(adata: AnnData, layer: str | None = None, *, name: str = "table") -> sp.csr_matrix:
@@ -101,9 +105,6 @@ def select_hmhvg(
     -------
     Gene names, ordered by the ``N`` at which they enter the top-N-by-mean ∩ top-N-by-std set.
     """
-    import anndata as ad
-    import scanpy as sc
-
     if not isinstance(n_genes, int) or n_genes < 1:
         raise ValueError(expected("genes", "a positive integer", n_genes))
     common = set(tables[0].var_names)
@@ -111,21 +112,16 @@ def select_hmhvg(
         common &= set(t.var_names)
     genes = [g for g in tables[0].var_names if g in common]
     union: set[str] = set()
+    stored = np.zeros(len(genes), np.int64)
     for t in tables:
-        x = counts_matrix(t, layer)
-        a = ad.AnnData(x[:, t.var_names.get_indexer(genes)], var={"gene": genes})
-        a.var_names = genes
-        a = a[np.asarray((a.X > 0).sum(1)).ravel() > 0].copy()
-        a = a[:, np.asarray((a.X > 0).sum(0)).ravel() > 0].copy()
-        sc.pp.normalize_total(a)
-        sc.pp.log1p(a)
-        top = min(n_top_hvg, a.n_vars)
-        sc.pp.highly_variable_genes(a, n_top_genes=top, flavor="seurat")
-        union |= set(a.var_names[a.var["highly_variable"].to_numpy()])
+        hvg, nnz = _slide_hvg(t, genes, layer, n_top_hvg)
+        union |= hvg
+        stored += nnz
     if exclude:
         rx = re.compile(exclude)
         union = {g for g in union if not rx.match(g)}
-    pool = [g for g in genes if g in union]
+    keep = [i for i, g in enumerate(genes) if g in union]
+    pool = [genes[i] for i in keep]
     if len(pool) < n_genes:
         msg = (
             f"Only {len(pool)} candidate genes (highly variable in some training slide, not mitochondrial or "
@@ -133,9 +129,7 @@ def select_hmhvg(
             f"genes or pass a list of names (a targeted panel such as Xenium's: `genes={len(pool)}` or fewer)."
         )
         raise ValueError(msg)
-    stacked = sp.vstack([counts_matrix(t, layer)[:, t.var_names.get_indexer(pool)] for t in tables]).tocsc()
-    mean = np.asarray(stacked.mean(0)).ravel()
-    sq = np.asarray(stacked.multiply(stacked).mean(0)).ravel()
+    mean, sq = _pool_moments(tables, pool, stored[keep], layer)
     std = np.sqrt(np.maximum(sq - mean**2, 0))
     rank_mean = np.empty(len(pool), int)
     rank_mean[np.argsort(-mean, kind="stable")] = np.arange(len(pool))
@@ -144,6 +138,55 @@ def select_hmhvg(
     enter = np.maximum(rank_mean, rank_std)
     order = np.lexsort((rank_mean, enter))
     return [pool[i] for i in order[:n_genes]]
+
+
+def _slide_hvg(t: AnnData, genes: list[str], layer: str | None, n_top_hvg: int) -> tuple[set[str], np.ndarray]:
+    """One slide's highly variable genes among ``genes``, and the entries its counts store per gene."""
+    import anndata as ad
+    import scanpy as sc
+
+    x = counts_matrix(t, layer)[:, t.var_names.get_indexer(genes)]
+    nnz = np.bincount(x.indices, minlength=len(genes)).astype(np.int64)
+    a = ad.AnnData(x, var={"gene": genes})
+    a.var_names = genes
+    a = a[np.asarray((a.X > 0).sum(1)).ravel() > 0].copy()
+    a = a[:, np.asarray((a.X > 0).sum(0)).ravel() > 0].copy()
+    sc.pp.normalize_total(a)
+    sc.pp.log1p(a)
+    top = min(n_top_hvg, a.n_vars)
+    sc.pp.highly_variable_genes(a, n_top_genes=top, flavor="seurat")
+    return set(a.var_names[a.var["highly_variable"].to_numpy()]), nnz
+
+
+def _pool_moments(
+    tables: Sequence[AnnData], pool: list[str], stored: np.ndarray, layer: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(P,)`` float32 mean and mean square of the ``pool`` genes' raw counts over every spot of ``tables``.
+
+    Computed by blocks of genes (at most :data:`STATS_BLOCK_ENTRIES` stored counts, or one gene), each the
+    column block of all slides' stacked counts: a column's float32 sum is numpy's pairwise sum of its entries in
+    spot order, which per-slide partial sums would not reproduce bit for bit (and the ranking by mean and
+    standard deviation, ties included, depends on the last bit). Memory: one block, not the cohort's counts.
+    """
+    mean = np.empty(len(pool), np.float32)
+    sq = np.empty(len(pool), np.float32)
+    ends = np.cumsum(stored)
+    start = 0
+    while start < len(pool):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - stored[start] + STATS_BLOCK_ENTRIES, "right")))
+        block = pool[start:stop]
+        parts = [sp.csr_matrix(_counts(t, layer), dtype=np.float32)[:, t.var_names.get_indexer(block)] for t in tables]
+        stacked = sp.vstack(parts).tocsc()
+        del parts
+        mean[start:stop] = np.asarray(stacked.mean(0)).ravel()
+        sq[start:stop] = np.asarray(stacked.multiply(stacked).mean(0)).ravel()
+        start = stop
+    return mean, sq
+
+
+def _counts(adata: AnnData, layer: str | None) -> Any:
+    """``X`` or ``layers[layer]`` of ``adata`` as stored (already checked by :func:`counts_matrix`)."""
+    return adata.X if layer is None else adata.layers[layer]
 
 
 def log2_targets(counts: sp.spmatrix | np.ndarray) -> np.ndarray:
