@@ -175,6 +175,50 @@ def test_slides_must_be_slides_or_paths():
         hst.tl.cache_features(42, encoder="squidpy")
 
 
+def _no_work(*args, **kwargs):
+    msg = "work started before the repeated slide was refused"
+    raise AssertionError(msg)
+
+
+def test_a_slide_given_twice_is_refused_before_any_work(stores, tmp_path, monkeypatch):
+    import os
+
+    import spatialdata as sd
+
+    from hyperst.tl import _cohort, _fit_setup
+
+    monkeypatch.setattr(_fit_setup, "load_slide", _no_work)  # nothing is loaded, read or cached
+    monkeypatch.setattr(_cohort, "_run_serial", _no_work)
+    monkeypatch.setattr(hst.tl._fit, "lora_encoder", _no_work)
+    cache = tmp_path / "c"
+    fresh = hst.datasets.synthetic(n_slides=2, n_spots=30, n_genes=10, seed=5)  # in memory: no store
+    twice = [
+        ([fresh[0], fresh[1], fresh[0]], r"`sdata\[2\]` is slide `sdata\[0\]` again \(the same object\)"),
+        (
+            [stores[0], stores[1], stores[1] + "/"],
+            r"`sdata\[2\]` is slide `sdata\[1\]` again \(read from the same store",
+        ),
+        ([stores[0], os.path.relpath(stores[0])], "read from the same store"),
+        ([sd.read_zarr(stores[0]), sd.read_zarr(stores[0])], "read from the same store"),
+    ]
+    for slides, match in twice:
+        with pytest.raises(ValueError, match=match) as err:
+            hst.tl.cache_features(slides, encoder="squidpy", cache=cache)
+        assert "Pass every slide once" in str(err.value)
+        objects = [sd.read_zarr(s) if isinstance(s, str) else s for s in slides]  # fit takes objects
+        with pytest.raises(ValueError, match=match):
+            hst.tl.fit(objects, genes=5, encoder="squidpy", cache=cache)
+        with pytest.raises(ValueError, match=match):
+            hst.tl.fit(objects, finetune="lora", encoder="resnet18")
+    assert not cache.exists()
+
+
+def test_slides_sharing_only_a_name_are_distinct(cohort):
+    from hyperst.tl._prepare import check_distinct
+
+    check_distinct([cohort[0], cohort[1], cohort[2]])  # all synthetic slides name their shapes alike
+
+
 def test_the_features_command_caches_then_skips(stores, tmp_path, capsys):
     argv = ["features", *stores[:2], "--encoder", "squidpy", "--views", "1", "--cache", str(tmp_path / "c")]
     assert main(argv) == 0

@@ -306,7 +306,8 @@ def cache_features(
     TypeError
         If ``sdata`` is not slides, or ``kwargs`` names no config field.
     ValueError
-        If ``cache`` is ``False``, or ``n_workers`` or ``batch_size`` is not a positive integer.
+        If ``cache`` is ``False``, ``n_workers`` or ``batch_size`` is not a positive integer, or a slide is
+        given twice (the same object, or the same store).
 
     Examples
     --------
@@ -319,7 +320,10 @@ def cache_features(
     for name, value in (("n_workers", n_workers), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(expected(name, "a positive integer", value))
+    from ._prepare import check_distinct
+
     items, root = _as_items(sdata), _cache_root(cache)
+    check_distinct(items)  # before any cluster starts
     keys = {"table_key": table_key, "image_key": image_key, "shapes_key": shapes_key}
     job = _Job(
         encoder=encoder,

@@ -21,6 +21,7 @@ from ._fit_setup import (
     load_training_slides,
     prepare_cohort,
     split_slides,
+    training_items,
     training_store,
 )
 from ._prepare import check_spots
@@ -141,8 +142,8 @@ def fit(
     Raises
     ------
     ValueError
-        If ``finetune`` is not ``None`` or ``"lora"``, or LoRA is asked of ``encoder="squidpy"`` or of more
-        blocks than the encoder has.
+        If ``finetune`` is not ``None`` or ``"lora"``, LoRA is asked of ``encoder="squidpy"`` or of more
+        blocks than the encoder has, or a slide is given twice (the same object, or the same ``.zarr`` store).
 
     Examples
     --------
@@ -156,6 +157,7 @@ def fit(
     if finetune not in (None, "lora"):
         raise ValueError(expected("finetune", "None or 'lora'", finetune))
     run_on = TrainerSettings(accelerator, devices, num_nodes, strategy, precision)
+    sdata = training_items(sdata)  # a slide given twice is refused here, before the encoder is built
     with kept_random_state(), training_store(cache if finetune is None else False) as store:
         lora = None
         if finetune == "lora":  # built first: a `lora_blocks` too large for the backbone fails before any work

@@ -17,7 +17,7 @@ from .._data._store import RowSource, SlideArrays, chunk_cache, chunk_rows, writ
 from .._settings import settings
 from .._validation import expected
 from ._features import extract_features
-from ._prepare import SlideInput, check_counts, geometry_from, load_slide, slide_gene_arrays
+from ._prepare import SlideInput, check_counts, check_distinct, geometry_from, load_slide, slide_gene_arrays
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,20 +30,24 @@ __all__ = [
     "load_training_slides",
     "prepare_cohort",
     "split_slides",
+    "training_items",
     "training_store",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-def _as_list(sdata: Any) -> list[Any]:
+def training_items(sdata: Any) -> list[Any]:
+    """List the slides given to ``fit``, each given once (refused otherwise, before any work)."""
     from anndata import AnnData
     from spatialdata import SpatialData
 
     if isinstance(sdata, SpatialData | AnnData):
         return [sdata]
     if isinstance(sdata, Sequence) and not isinstance(sdata, str) and len(sdata) > 0:
-        return list(sdata)
+        items = list(sdata)
+        check_distinct(items)
+        return items
     what = "a SpatialData, an AnnData or a non-empty list of them"
     raise TypeError(expected("sdata", what, sdata))
 
@@ -51,10 +55,12 @@ def _as_list(sdata: Any) -> list[Any]:
 def load_training_slides(sdata: Any, *, layer: str | None, **keys: Any) -> list[SlideInput]:
     """Resolve every training slide (``keys``: table, image and shapes keys, microns per pixel); check counts.
 
-    Slides whose shapes share a name get the suffix ``_<position>``.
+    Slides whose shapes share a name get the suffix ``_<position>``; a slide given twice (the same object, or
+    the same store) is refused before any is loaded.
     """
+    items = training_items(sdata)
     slides: list[SlideInput] = []
-    for i, data in enumerate(_as_list(sdata)):
+    for i, data in enumerate(items):
         slide = load_slide(data, **keys)
         if any(s.name == slide.name for s in slides):
             slide.name = f"{slide.name}_{i}"

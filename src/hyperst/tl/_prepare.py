@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SlideInput",
     "check_counts",
+    "check_distinct",
     "check_spots",
     "geometry_from",
     "load_slide",
@@ -44,6 +47,42 @@ class SlideInput:
     table: AnnData
     spot: np.ndarray | None = None  # (N, V, F)
     niche: np.ndarray | None = None
+
+
+def _store_of(item: Any) -> str | None:
+    """Resolve the path of the store a slide is (a path) or was read from (``SpatialData.path``), if any."""
+    path = item if isinstance(item, str | os.PathLike) else getattr(item, "path", None)
+    if not isinstance(path, str | os.PathLike):
+        return None
+    return os.path.realpath(os.fspath(path))
+
+
+def check_distinct(items: Sequence[Any], *, argument: str = "sdata") -> None:
+    """Refuse a slide given twice: the same object twice, or two slides of the same ``.zarr`` store.
+
+    Slides that only share a name (their shapes key) are distinct and allowed: the fit names them apart.
+
+    Raises
+    ------
+    ValueError
+        Naming both positions and the object or store they share.
+    """
+    seen: dict[tuple[str, Any], int] = {}
+    for i, item in enumerate(items):
+        store = _store_of(item)
+        keys = [("store", store)] if store is not None else []
+        keys.append(("object", id(item)))
+        for kind, key in keys:
+            if key is not None and (kind, key) in seen:
+                first = seen[kind, key]
+                what = f"read from the same store `{key}`" if kind == "store" else "the same object"
+                msg = (
+                    f"Slide `{argument}[{i}]` is slide `{argument}[{first}]` again ({what}): each slide would be "
+                    f"trained on or cached twice. Pass every slide once (drop `{argument}[{i}]`); for a second "
+                    "slide, pass its own object or store."
+                )
+                raise ValueError(msg)
+            seen[kind, key] = i
 
 
 def load_slide(
