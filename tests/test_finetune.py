@@ -213,3 +213,39 @@ def test_bad_finetune_options_are_refused(slides):
         hst.tl.fit(slides[0], encoder="resnet18", weights=None, finetune="lora", lora_blocks=-1)
     with pytest.raises(ValueError, match=r"Expected `lora_dropout` to be a number in \[0, 1\)"):
         hst.HyperSTConfig(lora_dropout=1.0)
+
+
+def test_lora_statistics_and_validation_stream_by_batch(slides, monkeypatch):
+    """LoRA's input statistics and validation hold one batch of features at a time, never the cohort's."""
+    from hyperst.tl import _training
+
+    cfg = hst.HyperSTConfig(patch_px=32, random_state=0)
+    slide = load_slide(slides[0], table_key=None, image_key=None, shapes_key=None, microns_per_pixel=None)
+    rows = np.arange(60)
+    genes = {slide.name: tuple(np.arange(60 * 3, dtype=np.float32).reshape(60, 3) + k for k in range(3))}
+    plain = PatchDataset([(slide, rows)], genes, geometry_from(cfg), n_views=1, seed=0)
+    encoder = _initial_encoder()
+    batches = list(_training._encoded(encoder, plain, batch_size=16, device="cpu"))
+    assert [len(s) for s, _ in batches] == [16, 16, 16, 12]
+    feats = np.concatenate([s for s, _ in batches] + [n for _, n in batches])
+    seen = []
+    encoded = _training._encoded
+
+    def spy(*args, **kwargs):
+        for spot, niche in encoded(*args, **kwargs):
+            seen.append(len(spot))
+            yield spot, niche
+
+    monkeypatch.setattr(_training, "_encoded", spy)
+    mean, std, target = _training._patch_stats(plain, encoder, batch_size=16, device="cpu")
+    assert seen == [16, 16, 16, 12]
+    np.testing.assert_allclose(mean, feats.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, feats.std(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(target, genes[slide.name][2].mean(0))
+    module = _training._new_module((mean, std, target), encoder.n_features, 3, cfg).eval()
+    seen.clear()
+    val = _training._validate(module, plain, encoder, batch_size=16, device="cpu")
+    assert seen == [16, 16, 16, 12] and val.pred.shape == (60, 3)
+    with torch.inference_mode():
+        whole = module.predict(torch.from_numpy(feats[:60]), torch.from_numpy(feats[60:])).numpy()
+    np.testing.assert_allclose(val.pred, whole, rtol=1e-5, atol=1e-6)

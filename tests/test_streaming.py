@@ -10,7 +10,15 @@ import torch
 
 import hyperst as hst
 from hyperst._data._dataset import ChunkShuffleSampler, FeatureDataset
-from hyperst._data._store import RowSource, SlideArrays, chunk_cache, column_mean_std, take, write_rows
+from hyperst._data._store import (
+    RowSource,
+    RunningMoments,
+    SlideArrays,
+    chunk_cache,
+    column_mean_std,
+    take,
+    write_rows,
+)
 
 FIT = {
     "genes": 20,
@@ -69,6 +77,24 @@ def test_streamed_statistics_equal_numpy_to_the_last_bit():
         np.testing.assert_array_equal(std, x.std(0))
     with pytest.raises(ValueError, match="No rows"):
         column_mean_std(lambda: iter([]))
+
+
+def test_running_moments_are_the_exact_moments_rounded():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 23)) * rng.uniform(1e-3, 1e3, 23) + 5).astype(np.float32)
+    exact = x.astype(np.float64)
+    for size in (1, 7, 128, 1000):
+        moments = RunningMoments()
+        for a in range(0, len(x), size):
+            moments.add(x[a : a + size])
+            moments.add(x[:0])  # an empty block changes nothing
+        mean, std = moments.result()
+        assert mean.dtype == std.dtype == np.float32
+        np.testing.assert_allclose(mean, exact.mean(0), rtol=1e-6, atol=1e-6 * exact.std(0).max())
+        np.testing.assert_allclose(std, exact.std(0), rtol=1e-6)
+        np.testing.assert_allclose(mean, x.mean(0), rtol=1e-5)  # the stacked float32 statistics, to rounding
+    with pytest.raises(ValueError, match="No rows"):
+        RunningMoments().result()
 
 
 def test_rows_read_through_the_chunk_cache_stay_within_its_budget(tmp_path, monkeypatch):

@@ -26,7 +26,16 @@ import numpy as np
 
 from .._settings import settings
 
-__all__ = ["ChunkCache", "RowSource", "SlideArrays", "chunk_cache", "column_mean_std", "take", "write_rows"]
+__all__ = [
+    "ChunkCache",
+    "RowSource",
+    "RunningMoments",
+    "SlideArrays",
+    "chunk_cache",
+    "column_mean_std",
+    "take",
+    "write_rows",
+]
 
 #: Bytes of one chunk of spots (all views) aimed at when a feature or gene array is written.
 CHUNK_BYTES = 2**21
@@ -230,3 +239,41 @@ def column_mean_std(
         return mean, None
     sq, _ = total((d := b - mean) * d for b in blocks())
     return mean, np.sqrt(np.true_divide(sq, n, dtype=sq.dtype))
+
+
+class RunningMoments:
+    """Column means and (population) standard deviations of rows added block by block, in one pass.
+
+    Each block is merged into float64 running moments (Chan, Golub and LeVeque's update of the mean and of the
+    sum of squared deviations): memory is ``O(F)`` whatever the number of rows, and the float32 results are the
+    exact moments rounded, within a rounding of NumPy's float32 ``mean(0)`` and ``std(0)`` of the stacked rows
+    (which :func:`column_mean_std` reproduces bit for bit, but reading the rows twice).
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, block: np.ndarray) -> None:
+        """Merge the ``(n, F)`` rows of ``block``."""
+        b = np.asarray(block, dtype=np.float64)
+        if len(b) == 0:
+            return
+        n_b, mean_b = len(b), b.mean(0)
+        m2_b = np.square(b - mean_b).sum(0)
+        if self.mean is None or self.m2 is None:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + np.square(delta) * (self.n * n_b / n)
+        self.n = n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(F,)`` float32 means and standard deviations of every row added."""
+        if self.mean is None or self.m2 is None:
+            msg = "No rows to compute statistics of."
+            raise ValueError(msg)
+        return self.mean.astype(np.float32), np.sqrt(self.m2 / self.n).astype(np.float32)

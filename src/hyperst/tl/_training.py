@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._data._dataset import FeatureDataset, PatchDataset, ViewDataset
-from .._data._store import column_mean_std
+from .._data._store import RunningMoments, column_mean_std
 from .._records import EncoderRecord, TrainingRecord
 from .._settings import settings
 from .._train import train
@@ -58,19 +58,21 @@ class TrainedRun:
     validation: Validation | None
 
 
-def _encode(encoder: ImageEncoder, dataset: PatchDataset, *, batch_size: int, device: str) -> tuple[np.ndarray, ...]:
-    """``(N, F)`` spot and niche features of ``dataset``'s spots (its current views), in eval mode."""
+def _encoded(encoder: ImageEncoder, dataset: PatchDataset, *, batch_size: int, device: str) -> Iterator[tuple]:
+    """``(n, F)`` spot and niche features of ``dataset``'s spots (its current views), a batch at a time, in eval mode.
+
+    Only one batch of features is held at a time: a cohort's features are never stacked in memory.
+    """
     from torch.utils.data import DataLoader
 
     encoder.eval().to(device)
     extract = FeatureExtractor(EncoderRecord(name=encoder.name, n_features=encoder.n_features), encoder, device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=settings.num_workers)
-    spot, niche = [], []
-    for spot_px, niche_px, *_ in loader:
-        spot.append(extract(spot_px.numpy()))
-        niche.append(extract(niche_px.numpy()))
-    encoder.cpu()
-    return np.concatenate(spot), np.concatenate(niche)
+    try:
+        for spot_px, niche_px, *_ in loader:
+            yield extract(spot_px.numpy()), extract(niche_px.numpy())
+    finally:
+        encoder.cpu()
 
 
 def _new_module(stats: _Stats, n_features: int, n_genes: int, cfg: HyperSTConfig) -> HyperSTModule:
@@ -104,24 +106,28 @@ def _feature_stats(data: FeatureDataset) -> _Stats:
 def _patch_stats(plain: PatchDataset, encoder: ImageEncoder, **encode: Any) -> _Stats:
     """Statistics of the training spots for LoRA (``plain``: view 0), from the encoder before training.
 
-    The ``(N, F)`` features of the training spots are held in memory here (the LoRA path reads patches).
+    The LoRA path reads patches, so there is no feature cache to read twice: the spot and niche features are
+    encoded once, a batch at a time, and merged into running float64 moments (:class:`RunningMoments`).
     """
-    feats = np.concatenate(_encode(encoder, plain, **encode))
+    moments = RunningMoments()
+    for spot, niche in _encoded(encoder, plain, **encode):
+        moments.add(spot)
+        moments.add(niche)
+    mean, std = moments.result()
     target, _ = column_mean_std(lambda: plain.blocks(lambda i: plain.genes(i)[2]), std=False)
-    return feats.mean(0), feats.std(0), target
+    return mean, std, target
 
 
 def _validate(module: HyperSTModule, val: ViewDataset, encoder: ImageEncoder | None, **encode: Any) -> Validation:
-    """Predictions and embedding radii of the validation spots (view 0), by blocks of cached features."""
+    """Predictions and embedding radii of the validation spots (view 0), by blocks of features.
+
+    The blocks are read from the feature caches, or with a LoRA ``encoder`` encoded a batch at a time.
+    """
     import torch
 
-    if encoder is not None:
-        spot, niche = _encode(encoder, val, **encode)
-        with torch.inference_mode():
-            pred = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
-        return Validation(pred, val.target, spot_radius(module, spot, niche))
+    blocks = val.blocks(val.features) if encoder is None else _encoded(encoder, val, **encode)
     preds, radii = [], []
-    for spot, niche in val.blocks(val.features):
+    for spot, niche in blocks:
         with torch.inference_mode():
             preds.append(module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy())
         radii.append(spot_radius(module, spot, niche))
