@@ -29,8 +29,8 @@ __all__ = ["counts_matrix", "log2_targets", "niche_mean", "select_hmhvg"]
 EXCLUDE_PATTERN = r"^(MT-|mt-|Mt-|RP[SL]\d|Rp[sl]\d|MRP[SL]\d|Mrp[sl]\d)"
 
 #: Stored counts (all slides together) per block of genes when ranking the HMHVG pool: about 8 bytes each in
-#: the stacked block and as much in each of the few copies taken of it, so ~64 MiB at most (one gene if more).
-STATS_BLOCK_ENTRIES = 2**21
+#: the stacked block and as much in each of the few copies taken of it, so ~20 MiB at most (one gene if more).
+STATS_BLOCK_ENTRIES = 2**19
 
 
 def counts_matrix(adata: AnnData, layer: str | None = None, *, name: str = "table") -> sp.csr_matrix:
