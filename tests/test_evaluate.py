@@ -272,3 +272,13 @@ def test_end_to_end_on_a_held_out_synthetic_slide(tmp_path):
     assert table.var["hyperst_pcc"].notna().sum() == len(model.genes)
     with pytest.raises(KeyError, match=r"Expected `table_key` to name table of spots, found `'nope'`"):
         hst.tl.evaluate(test, table_key="nope")
+
+
+def test_gene_pearson_is_gene_metrics_pearson_to_the_last_bit():
+    from hyperst.tl._evaluate import gene_metrics, gene_pearson
+
+    rng = np.random.default_rng(4)
+    measured = rng.poisson(2.0, (500, 12)).astype(np.float32)
+    predicted = (measured + rng.standard_normal((500, 12))).astype(np.float32)
+    measured[:, 3] = 1.0  # a constant gene: NaN in both
+    np.testing.assert_array_equal(gene_pearson(measured, predicted), gene_metrics(measured, predicted)["pearson"])

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from spatialdata import SpatialData
 
-__all__ = ["evaluate", "gene_metrics"]
+__all__ = ["evaluate", "gene_metrics", "gene_pearson"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,18 @@ def _pearson(a: np.ndarray, b: np.ndarray, constant: np.ndarray) -> np.ndarray:
     ok = ~constant & (den > 0)
     r[ok] = np.clip(num[ok] / den[ok], -1.0, 1.0)
     return r
+
+
+def gene_pearson(measured: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Per-gene Pearson r of two ``(N, G)`` arrays: ``gene_metrics(...)["pearson"]`` without the other metrics.
+
+    The fit's validation needs only this; the ranks of the Spearman rho alone took about 100 MiB for 32,000
+    validation spots of 50 genes.
+    """
+    measured = np.asarray(measured, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    constant = (np.ptp(measured, axis=0) == 0) | (np.ptp(predicted, axis=0) == 0)
+    return _pearson(measured, predicted, constant)
 
 
 def gene_metrics(measured: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from .._data._store import RunningMoments, column_mean_std
 from .._records import EncoderRecord, TrainingRecord
 from .._settings import settings
 from .._train import train
-from ._evaluate import gene_metrics
+from ._evaluate import gene_pearson
 from ._features import FeatureExtractor
 from ._prepare import geometry_from
 from ._readout import attach_readout
@@ -244,7 +244,7 @@ def training_record(
     module = (refit or run).module
     geometry = geometry_from(cfg)
     val = run.validation
-    val_pcc = None if val is None else gene_metrics(val.target, val.pred)["pearson"]
+    val_pcc = None if val is None else gene_pearson(val.target, val.pred)
     if arrays is not None:
         every = FeatureDataset([*train_part, *val_part], arrays, augment=False, seed=cfg.random_state)
         qc = _reference_qc(module, slides, every)
