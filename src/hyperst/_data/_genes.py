@@ -175,7 +175,7 @@ def _pool_moments(
     while start < len(pool):
         stop = max(start + 1, int(np.searchsorted(ends, ends[start] - stored[start] + STATS_BLOCK_ENTRIES, "right")))
         block = pool[start:stop]
-        parts = [sp.csr_matrix(_counts(t, layer), dtype=np.float32)[:, t.var_names.get_indexer(block)] for t in tables]
+        parts = [sp.csr_matrix(_counts(t, layer)[:, t.var_names.get_indexer(block)], dtype=np.float32) for t in tables]
         stacked = sp.vstack(parts).tocsc()
         del parts
         mean[start:stop] = np.asarray(stacked.mean(0)).ravel()

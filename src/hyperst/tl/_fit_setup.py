@@ -52,13 +52,12 @@ def training_items(sdata: Any) -> list[Any]:
     raise TypeError(expected("sdata", what, sdata))
 
 
-def load_training_slides(sdata: Any, *, layer: str | None, **keys: Any) -> list[SlideInput]:
+def load_training_slides(items: list[Any], *, layer: str | None, **keys: Any) -> list[SlideInput]:
     """Resolve every training slide (``keys``: table, image and shapes keys, microns per pixel); check counts.
 
-    Slides whose shapes share a name get the suffix ``_<position>``; a slide given twice (the same object, or
-    the same store) is refused before any is loaded.
+    ``items`` are the slides as :func:`training_items` lists them (each given once). Slides whose shapes share a
+    name get the suffix ``_<position>``.
     """
-    items = training_items(sdata)
     slides: list[SlideInput] = []
     for i, data in enumerate(items):
         slide = load_slide(data, **keys)
