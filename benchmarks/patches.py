@@ -155,28 +155,58 @@ class _StandIn:
         return np.zeros((len(patches), self.n_features), dtype=np.float32)
 
 
-def stand_in_rows(rates: list[float], n_spots: int, batch_size: int) -> list[dict]:
-    """Spots/s of ``extract_features`` with stand-in encoders of the given rates, read_workers 1 and all CPUs."""
-    hyperst = _import_hyperst(None)
+def stand_in_rows(
+    rates: list[float],
+    n_spots: int,
+    batch_size: int,
+    *,
+    filters: tuple[str, ...] = ("lanczos",),
+    workers: tuple[int, ...] | None = None,
+    zarr_dir: str | None = None,
+    src: str | None = None,
+) -> list[dict]:
+    """Spots/s of ``extract_features`` fed to stand-in encoders of the given rates.
+
+    For each case (the synthetic slide in memory; also written to ``zarr_dir`` and read back lazily, when given),
+    resize filter and ``read_workers`` (default 1 and all CPUs). ``src``: another checkout's ``src`` to import.
+    """
+    hyperst = _import_hyperst(src)
     from hyperst._data import slide_layout
     from hyperst._records import EncoderRecord
     from hyperst.tl._features import extract_features
     from hyperst.tl._prepare import geometry_from
 
     sdata = hyperst.datasets.synthetic(n_slides=1, n_spots=n_spots, n_genes=50, microns_per_pixel=1.0, seed=0)[0]
-    layout, geometry = slide_layout(sdata), geometry_from(hyperst.HyperSTConfig())
+    cases = {"synthetic": sdata}
+    if zarr_dir is not None:
+        cases["synthetic-zarr"] = _write_zarr(sdata, Path(zarr_dir) / "stand_in.zarr")
     record = EncoderRecord(name="stand-in", n_features=8, fingerprint="stand-in")
     rows = []
-    for rate in rates:
-        for w in sorted({1, os.cpu_count() or 1}):
-            hyperst.settings.read_workers = w
-            t0 = time.perf_counter()
-            extract_features(
-                sdata, layout, _StandIn(rate, record), geometry=geometry, views=1, batch_size=batch_size, cache=False
-            )
-            got = n_spots / (time.perf_counter() - t0)
-            rows.append({"stand_in_spots_per_s": rate, "workers": w, "pipeline_spots_per_s": got, "fed": got / rate})
-            print(f"  stand-in {rate:>6.0f} spots/s, {w} workers: pipeline {got:>6.0f} spots/s ({got / rate:.0%})")
+    for case, slide in cases.items():
+        layout = slide_layout(slide)
+        for resample in filters:
+            geometry = geometry_from(hyperst.HyperSTConfig(resample=resample))
+            for rate in rates:
+                for w in workers or sorted({1, os.cpu_count() or 1}):
+                    hyperst.settings.read_workers = w
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    extract_features(
+                        slide, layout, _StandIn(rate, record), geometry=geometry, views=1, batch_size=batch_size,
+                        cache=False,
+                    )  # fmt: skip
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    got = n_spots / wall
+                    rows.append(
+                        {
+                            "case": case, "resample": resample, "stand_in_spots_per_s": rate, "workers": w,
+                            "pipeline_spots_per_s": got, "fed": got / rate, "cpu_ms_per_spot": cpu / n_spots * 1e3,
+                        }
+                    )  # fmt: skip
+                    print(
+                        f"  {case:<15}{resample:<9} stand-in {rate:>6.0f} spots/s, {w} workers: pipeline "
+                        f"{got:>6.0f} spots/s ({got / rate:.0%}), {cpu / n_spots * 1e3:.2f} ms CPU/spot",
+                        flush=True,
+                    )
     return rows
 
 
@@ -202,7 +232,10 @@ def _print(rows: list[dict], stand_in: list[dict]) -> None:
             f"{r['case']:<15}{r['spots']:>7}{r['reader']:>9}{r['workers']!s:>8}{r['spots_per_s']:>9.0f}{ratio:>11}{peak:>9}"
         )
     for r in stand_in:
-        print(f"stand-in {r['stand_in_spots_per_s']:.0f} spots/s, {r['workers']} workers: fed {r['fed']:.0%}")
+        print(
+            f"stand-in {r['stand_in_spots_per_s']:.0f} spots/s, {r['resample']}, {r['workers']} workers: "
+            f"fed {r['fed']:.0%}"
+        )
 
 
 def cpu_rows(n_spots: int, batch_size: int) -> list[dict]:
@@ -230,6 +263,26 @@ def cpu_rows(n_spots: int, batch_size: int) -> list[dict]:
     return rows
 
 
+def _stand_in(args: argparse.Namespace, src: str | None = None) -> list[dict]:
+    zarr_dir = args.tmp + ("_baseline" if src else "") if args.stand_in_zarr else None
+    kw = {"filters": tuple(args.filters), "workers": tuple(args.workers) if args.workers else None}
+    return stand_in_rows(args.stand_in, args.spots, args.batch_size, zarr_dir=zarr_dir, src=src, **kw)
+
+
+def _print_stand_in(rows: list[dict]) -> None:
+    base = {(r["case"], r["resample"], r["stand_in_spots_per_s"], r["workers"]): r for r in rows if r.get("baseline")}
+    print(f"\n{'case':<15}{'filter':<9}{'stand-in':>9}{'workers':>8}{'before':>13}{'now':>13}{'CPU ms/spot':>13}")
+    for r in rows:
+        if r.get("baseline"):
+            continue
+        b = base.get((r["case"], r["resample"], r["stand_in_spots_per_s"], r["workers"]))
+        before = f"{b['pipeline_spots_per_s']:.0f} ({b['fed']:.0%})" if b else ""
+        now = f"{r['pipeline_spots_per_s']:.0f} ({r['fed']:.0%})"
+        cpu = (f"{b['cpu_ms_per_spot']:.2f} -> " if b else "") + f"{r['cpu_ms_per_spot']:.2f}"
+        print(f"{r['case']:<15}{r['resample']:<9}{r['stand_in_spots_per_s']:>9.0f}{r['workers']:>8}{before:>13}{now:>13}"
+              f"  {cpu}")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spots", type=int, default=2000, help="spots of the synthetic slide")
@@ -238,6 +291,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--baseline", help="`src` folder of another checkout whose direct reader to measure")
     parser.add_argument("--stand-in", nargs="*", type=float, default=[], help="stand-in encoder rates, spots/s")
+    parser.add_argument("--stand-in-only", action="store_true", help="only the stand-in feed (and its baseline)")
+    parser.add_argument("--stand-in-zarr", action="store_true", help="feed also from the slide read from zarr")
+    parser.add_argument("--filters", nargs="+", default=["lanczos"], help="resize filters of the stand-in feed")
+    parser.add_argument("--workers", nargs="+", type=int, help="read_workers of the stand-in feed (default 1, CPUs)")
     parser.add_argument("--no-large", action="store_true", help="skip the 40,000 px slide")
     parser.add_argument("--cpu-only", action="store_true", help="only the CPU time per spot of each resize filter")
     parser.add_argument("--out", default=str(HERE / "results" / "patches.json"))
@@ -246,16 +303,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.child_baseline:
         args.tmp += "_baseline"
-        print("ROWS_JSON " + json.dumps(_measure(args, baseline=True)))
+        rows = _stand_in(args, args.baseline) if args.stand_in_only else _measure(args, baseline=True)
+        print("ROWS_JSON " + json.dumps(rows))
         return
-    started = datetime.now(UTC).isoformat(timespec="seconds")
-    rows, stand_in = [], []
-    if not args.cpu_only:
+    started, load_before = datetime.now(UTC).isoformat(timespec="seconds"), os.getloadavg()
+    rows, stand_in, cpu = [], [], []
+    if args.stand_in_only:
+        stand_in = [{**r, "baseline": True} for r in _baseline_rows(args)] if args.baseline else []
+        stand_in += _stand_in(args)
+        _print_stand_in(stand_in)
+    elif not args.cpu_only:
         rows = _baseline_rows(args) if args.baseline else []
         rows += _measure(args, baseline=False)
-        stand_in = stand_in_rows(args.stand_in, args.spots, args.batch_size) if args.stand_in else []
+        stand_in = _stand_in(args) if args.stand_in else []
         _print(rows, stand_in)
-    cpu = cpu_rows(min(args.spots, 1000), args.batch_size)
+    if not args.stand_in_only:
+        cpu = cpu_rows(min(args.spots, 1000), args.batch_size)
     import hyperst
 
     result = {
@@ -263,6 +326,7 @@ def main() -> None:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "loadavg_at_start": load_before,
             "loadavg_at_end": os.getloadavg(),
         },
         "hyperst": hyperst.__version__,

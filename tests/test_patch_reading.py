@@ -126,7 +126,12 @@ def test_a_forked_process_reads_with_its_own_threads(monkeypatch):
 
 
 def test_bilinear_resample_resizes_the_same_crops_with_another_filter(tmp_path):
-    """``resample="bilinear"``: the crops of the default reader, resized by PIL's bilinear filter instead."""
+    """``resample="bilinear"``: the default reader's crops, resized a batch at once by torch's antialiased bilinear.
+
+    LANCZOS is PIL's, crop by crop; torch's bilinear gives PIL's bilinear pixels when enlarging and is within one
+    grey level of them when shrinking.
+    """
+    import torch
     from PIL import Image
 
     from hyperst import HyperSTConfig
@@ -140,13 +145,85 @@ def test_bilinear_resample_resizes_the_same_crops_with_another_filter(tmp_path):
     lanczos = PatchReader(sdata, layout, PatchGeometry(spot_um=112, out_px=64))
     bilinear = PatchReader(sdata, layout, PatchGeometry(spot_um=112, out_px=64, resample="bilinear"))
     for reader, name in ((lanczos, "LANCZOS"), (bilinear, "BILINEAR")):
-        crops = ChunkedPixels(image, cache_bytes=0).crops(reader.crop_boxes(idx, reader.sides[0], 0))
-        filt = getattr(Image.Resampling, name)
-        ref = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((64, 64), filt)) for c in crops])
-        np.testing.assert_array_equal(reader.read(idx)[0], ref.transpose(0, 3, 1, 2))
+        for side, got in zip(reader.sides, reader.read(idx), strict=True):
+            crops = np.stack(ChunkedPixels(image, cache_bytes=0).crops(reader.crop_boxes(idx, side, 0)))
+            filt = getattr(Image.Resampling, name)
+            pil = np.stack([np.asarray(Image.fromarray(c).resize((64, 64), filt)) for c in crops]).transpose(0, 3, 1, 2)
+            if name == "LANCZOS":
+                np.testing.assert_array_equal(got, pil)
+                continue
+            x = torch.from_numpy(crops).permute(0, 3, 1, 2)
+            ref = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True).numpy()
+            np.testing.assert_array_equal(got, ref)
+            assert np.abs(got.astype(int) - pil).max() <= 1
     assert not np.array_equal(lanczos.read(idx)[0], bilinear.read(idx)[0])
     with pytest.raises(ValueError, match="resample"):
         PatchGeometry(resample="nearest")
     with pytest.raises(ValueError, match="resample"):
         HyperSTConfig(resample="nearest")
     assert geometry_from(HyperSTConfig(resample="bilinear")).resample == "bilinear"
+
+
+@pytest.mark.parametrize("resample", ["lanczos", "bilinear"])
+def test_batches_are_the_same_for_any_thread_count_batch_size_and_read_ahead(tmp_path, monkeypatch, resample):
+    """Each thread crops part of a batch into its own reused buffer: no batch sees another's pixels."""
+    sdata, _ = _lazy_slide(tmp_path)
+    layout = slide_layout(sdata)
+    geo = PatchGeometry(out_px=40, resample=resample)
+    monkeypatch.setattr(settings, "read_workers", 1)
+    idx = np.arange(len(layout.centres_px))
+    want = PatchReader(sdata, layout, geo).read(idx)
+    for workers, batch, ahead in ((1, 5, 0), (2, 7, 1), (3, 4, 2), (4, 64, 1)):
+        monkeypatch.setattr(settings, "read_workers", workers)
+        monkeypatch.setattr(settings, "read_ahead", ahead)
+        batches = list(PatchReader(sdata, layout, geo).iter_batches(batch))
+        order = np.concatenate([b[0] for b in batches])
+        for k in (1, 2):  # spot, niche
+            got = np.empty_like(want[k - 1])
+            got[order] = np.concatenate([b[k] for b in batches])
+            np.testing.assert_array_equal(got, want[k - 1])
+
+
+@pytest.mark.parametrize("resample", ["lanczos", "bilinear"])
+def test_crop_buffers_are_bounded_and_give_the_same_patches(monkeypatch, resample):
+    """Each thread keeps one crop buffer of at most ``CROP_BUFFER_BYTES``; a smaller budget changes no pixel."""
+    from hyperst._data import _patches as patches_module
+
+    monkeypatch.setattr(settings, "read_workers", 1)
+    rng = np.random.default_rng(2)
+    sdata = make_slide(rng.integers(0, 255, (3, 400, 500), dtype=np.uint8), hex_centres(3, 4, 100, (80, 80)), 27.5)
+    layout = slide_layout(sdata)
+    geo = PatchGeometry(out_px=48, resample=resample)
+    idx = np.arange(12)
+    want = PatchReader(sdata, layout, geo).read(idx)
+    for n_crops in (1, 5, 12):
+        reader = PatchReader(sdata, layout, geo)
+        niche_px = int(reader.crop_boxes(idx[:1], reader.sides[1], 0)[0, 2])
+        budget = n_crops * 3 * niche_px**2
+        monkeypatch.setattr(patches_module, "CROP_BUFFER_BYTES", budget)
+        for got, ref in zip(reader.read(idx), want, strict=True):
+            np.testing.assert_array_equal(got, ref)
+        kept = list(reader._buffers.__dict__.values())  # the niche crops' buffer, the last one used
+        assert len(kept) == 1 and kept[0].nbytes <= budget and len(kept[0]) in {n_crops, 12 % n_crops}
+
+
+def test_feature_cache_keys_keep_lanczos_and_move_bilinear(tmp_path):
+    """LANCZOS keys are the ones of before the option; bilinear ones changed with its resize (PIL -> torch)."""
+    import hashlib
+    import json
+
+    from hyperst._records import EncoderRecord
+    from hyperst.tl._features import _CACHE_VERSION, FeatureExtractor, _cache_path, _slide_fingerprint
+
+    rng = np.random.default_rng(4)
+    sdata = make_slide(rng.integers(0, 255, (3, 400, 500), dtype=np.uint8), hex_centres(3, 4, 100, (80, 80)), 27.5)
+    layout = slide_layout(sdata)
+    extractor = FeatureExtractor(EncoderRecord(name="e", n_features=2, fingerprint="f"))
+    assert PatchGeometry().cache_key() == {}
+    for resample, extra in (("lanczos", {}), ("bilinear", {"resample": "bilinear"})):
+        reader = PatchReader(sdata, layout, PatchGeometry(out_px=32, resample=resample))
+        old = {"version": _CACHE_VERSION, "slide": _slide_fingerprint(reader), "encoder": "f"}
+        old |= {"sides_px": [round(s, 3) for s in reader.sides], "out_px": 32, "views": 1, **extra}
+        digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:24]
+        same = _cache_path(tmp_path, reader, extractor, 1).name == f"e-{digest}.zarr"
+        assert same == (resample == "lanczos")

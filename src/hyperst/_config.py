@@ -38,9 +38,10 @@ class HyperSTConfig:
     patch_px
         Side in pixels of both patches at the encoder's input.
     resample
-        Filter that resizes the crops to ``patch_px``: ``"lanczos"`` (the default, as squidpy) or
-        ``"bilinear"``, about twice as fast to read (``benchmarks/patches.py``) with slightly softer pixels. A
-        model reads new slides with the filter it was trained with.
+        Filter that resizes the crops to ``patch_px``: ``"lanczos"`` (the default, squidpy's pixels, PIL crop by
+        crop) or ``"bilinear"`` (torch's antialiased bilinear, a batch at once), about a fifth of the CPU per spot
+        (``benchmarks/patches.py``) with slightly softer pixels: the filter that keeps a GPU encoder fed on few
+        cores. A model reads new slides with the filter it was trained with.
     views
         Dihedral views cached per spot and drawn at random each epoch (8: all; 1: no augmentation).
     lr

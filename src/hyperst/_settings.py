@@ -79,8 +79,11 @@ class Settings:
         Batches of patches that feature extraction and prediction read in a background thread while the encoder
         works on the current one (memory: this many batches more). ``0`` reads them in turn with the encoding.
     read_workers
-        Threads that crop and resize the patches of a batch (PIL and numpy release the GIL, so they run in
-        parallel). Defaults to the number of CPUs, at most 8; ``0`` or ``1`` works in the reading thread only.
+        Threads that crop and resize the patches of a batch, each a consecutive share of it into a crop buffer
+        of its own (PIL, torch and numpy release the GIL, so they run in parallel). Defaults to the number of
+        CPUs, at most 8; ``0`` or ``1`` works in the reading thread only. With a GPU encoder, the CPU per spot
+        of reading sets the rate: ``tl.fit(..., resample="bilinear")`` needs about a fifth of LANCZOS's
+        (``docs/benchmarks.md``, "Feeding a fast encoder").
     patch_cache_mb
         MiB of image chunks a patch reader keeps between batches, per pyramid level it reads (spot and niche
         patches may come from two levels). Patches are read in bands across the slide, so each chunk is

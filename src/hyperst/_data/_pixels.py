@@ -10,6 +10,7 @@ image are white. The crops are exactly the pixels a direct slice gives (tested).
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,8 @@ def thread_map(fn: Callable, items: Iterable, workers: int) -> list:
     return list(_pools[key].map(fn, items))
 
 
+#: Boxes whose tiles a :class:`ChunkedPixels` remembers (about two batches' worth would do).
+_MAX_BOXES_KEPT = 4096
 #: Pixels per side of the tiles the cache holds: chunks smaller than this are fetched (and kept) in groups.
 TILE_PX = 1024
 
@@ -76,24 +79,37 @@ class ChunkedPixels:
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cached_bytes = 0
+        self._box_tiles: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
         if self.lazy:
             self._y_edges = _tile_edges(data.chunks[1])
             self._x_edges = _tile_edges(data.chunks[2])
+            # the same edges as Python lists: `bisect` on a list costs a fraction of a scalar `np.searchsorted`
+            self._y_list, self._x_list = self._y_edges.tolist(), self._x_edges.tolist()
         else:
             self._hwc = np.moveaxis(np.asarray(data), 0, -1)  # a view: no copy of the image
 
-    def _tile_range(self, edges: np.ndarray, a: int, b: int) -> range:
-        """Chunk indices along one axis that overlap pixels ``[a, b)`` (already clipped to the image)."""
-        return range(int(np.searchsorted(edges, a, side="right")) - 1, int(np.searchsorted(edges, b, side="left")))
+    @staticmethod
+    def _tile_range(edges: list[int], a: int, b: int) -> range:
+        """Tile indices along one axis that overlap pixels ``[a, b)`` (already clipped to the image)."""
+        return range(bisect.bisect_right(edges, a) - 1, bisect.bisect_left(edges, b))
 
     def _tiles_of(self, box: tuple[int, int, int]) -> list[tuple[int, int]]:
+        """Tiles under ``box``, remembered: a batch asks for each box's tiles three times (group, fetch, crop)."""
+        tiles = self._box_tiles.get(box)
+        if tiles is None:
+            if len(self._box_tiles) >= _MAX_BOXES_KEPT:
+                self._box_tiles.clear()
+            tiles = self._box_tiles[box] = self._find_tiles(box)
+        return tiles
+
+    def _find_tiles(self, box: tuple[int, int, int]) -> list[tuple[int, int]]:
         x0, y0, s = box
         ya, yb = max(y0, 0), min(y0 + s, self.shape[0])
         xa, xb = max(x0, 0), min(x0 + s, self.shape[1])
         if ya >= yb or xa >= xb:
             return []
-        ys = self._tile_range(self._y_edges, ya, yb)
-        xs = self._tile_range(self._x_edges, xa, xb)
+        ys = self._tile_range(self._y_list, ya, yb)
+        xs = self._tile_range(self._x_list, xa, xb)
         return [(i, j) for i in ys for j in xs]
 
     def _fetch(self, keys: list[tuple[int, int]]) -> None:
@@ -141,8 +157,8 @@ class ChunkedPixels:
 
     def _tile_bytes(self, key: tuple[int, int]) -> int:
         i, j = key
-        h = int(self._y_edges[i + 1] - self._y_edges[i])
-        w = int(self._x_edges[j + 1] - self._x_edges[j])
+        h = self._y_list[i + 1] - self._y_list[i]
+        w = self._x_list[j + 1] - self._x_list[j]
         return h * w * int(self.data.shape[0]) * self.data.dtype.itemsize
 
     def prepare(self, boxes: np.ndarray) -> None:
@@ -161,22 +177,32 @@ class ChunkedPixels:
             out.extend(self.crop(boxes[i]) for i in group)
         return out
 
-    def crop(self, box: np.ndarray | tuple[int, int, int]) -> np.ndarray:
-        """Return the ``(s, s, c)`` crop of one ``(x0, y0, s)`` box, from the cache that :meth:`prepare` filled."""
+    def crop(self, box: np.ndarray | tuple[int, int, int], out: np.ndarray | None = None) -> np.ndarray:
+        """Return the ``(s, s, c)`` crop of one ``(x0, y0, s)`` box, from the cache that :meth:`prepare` filled.
+
+        ``out``, an ``(s, s, c)`` array of the image's dtype (e.g. a row of a batch buffer), receives the crop
+        instead of a new array.
+        """
         x0, y0, s = (int(v) for v in box)
         h, w = self.shape
         ya, yb, xa, xb = max(y0, 0), min(y0 + s, h), max(x0, 0), min(x0 + s, w)
-        if not self.lazy and ya == y0 and xa == x0 and yb == y0 + s and xb == x0 + s:
-            return np.ascontiguousarray(self._hwc[ya:yb, xa:xb])
-        n_c = self.data.shape[0]
-        out = np.full((s, s, n_c), PAD_VALUE, dtype=self.data.dtype)
+        inside = ya == y0 and xa == x0 and yb == y0 + s and xb == x0 + s
+        if not self.lazy and inside:
+            if out is None:
+                return np.ascontiguousarray(self._hwc[ya:yb, xa:xb])
+            out[:] = self._hwc[ya:yb, xa:xb]
+            return out
+        if out is None:
+            out = np.empty((s, s, self.data.shape[0]), dtype=self.data.dtype)
+        if not inside:
+            out.fill(PAD_VALUE)
         if ya >= yb or xa >= xb:
             return out
         if not self.lazy:
             out[ya - y0 : yb - y0, xa - x0 : xb - x0] = self._hwc[ya:yb, xa:xb]
             return out
         for i, j in self._tiles_of((x0, y0, s)):
-            cy, cx = int(self._y_edges[i]), int(self._x_edges[j])
+            cy, cx = self._y_list[i], self._x_list[j]
             tile = self._cache[(i, j)]
             # the overlap of the crop and this tile, in image pixels
             oy0, oy1 = max(ya, cy), min(yb, cy + tile.shape[0])

@@ -97,8 +97,7 @@ def _cache_path(root: Path, reader: PatchReader, extractor: FeatureExtractor, vi
         "out_px": reader.geometry.out_px,
         "views": views,
     }
-    if reader.geometry.resample != "lanczos":  # keys of lanczos caches stay as they were before the option
-        key["resample"] = reader.geometry.resample
+    key |= reader.geometry.cache_key()  # keys of lanczos caches stay as they were before the option
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
     return root / f"{extractor.name.replace('/', '_').replace(':', '_')}-{digest}.zarr"
 
