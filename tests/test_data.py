@@ -337,6 +337,12 @@ def test_memory_is_bounded_by_the_batch_not_the_slide(tmp_path, monkeypatch):
         print(
             f"cache {cache_mb} MiB: peak traced memory {peak / 2**20:.0f} MiB for a {image_bytes / 2**30:.2f} GiB image"
         )
-        # the cache, the chunks one batch needs beyond it (a 2048 px chunk is 12 MiB) and a few batches
-        assert peak < (cache_mb + 100) * 2**20, f"peak {peak / 2**20:.0f} MiB with a {cache_mb} MiB cache"
+        # The cache (48 MiB when one niche box's four 12 MiB chunks exceed a 32 MiB budget), zarr's and dask's
+        # buffers while they fetch (zstd's output, zarr's array, dask's copy: 60-96 MiB traced at the peak,
+        # with zarr decoding 2-3 chunks at once) and the batches in flight (about 20 MiB). Measured 124-138 MiB
+        # with a 32 MiB cache on the old and the new reader alike, the spread from zarr's concurrency: what must
+        # not appear is a term in the slide's 4.5 GiB.
+        chunk = 3 * 2048 * 2048
+        bound = max(cache_mb * 2**20, 4 * chunk) + 8 * chunk + 24 * 2**20
+        assert peak < bound, f"peak {peak / 2**20:.0f} MiB with a {cache_mb} MiB cache (bound {bound / 2**20:.0f})"
     assert digests[32] == digests[256]  # a smaller cache reads again, and gives the same patches
