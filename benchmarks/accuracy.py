@@ -26,7 +26,10 @@ Methods (``--methods``):
   ``no_entailment`` (``entailment=False``), ``no_alignment`` (``alignment=False``), ``euclidean``
   (``geometry="euclidean"``), ``spot_decoder`` (``decoder_input="spot"``); ``hyperst_blend``
   (``readout="blend"``: the decoder mixed with a ridge read-out, both fitted inside ``tl.fit``, the mix chosen
-  on its validation section).
+  on its validation section); ``hyperst_retrieval`` (an experiment, ``benchmarks/_retrieval.py``: the
+  ``hyperst`` fit, its decoder mixed with the softmax(-distance x logit scale)-weighted mean expression of the
+  50 training spots whose spot gene embeddings lie nearest the spot image embedding in the Lorentz space, the
+  mix chosen on the validation section with the model trained before the refit).
 - ``ridge``: ``RidgeCV`` (alphas 1e-2..1e5, one alpha for all genes, efficient leave-one-out) on standardised
   concat(spot, niche) view-0 features (the HEST-Benchmark protocol fits ridge on patch embeddings).
 - ``mlp``: torch MLP 2F -> 256 -> G (ReLU, dropout 0.1), Adam 1e-3, weight decay 1e-4, batch 128, MSE.
@@ -75,7 +78,7 @@ ABLATIONS = {
     "hyperst_blend": {"readout": "blend"},
 }
 BASELINES = ["ridge", "mlp", "bleep"]
-METHODS = [*ABLATIONS, *BASELINES]
+METHODS = [*ABLATIONS, "hyperst_retrieval", *BASELINES]
 METRICS = ["pcc_mean", "pcc_at_10", "pcc_at_50", "pcc_at_200", "mse", "mae"]
 PATIENCE = 10
 
@@ -249,6 +252,25 @@ def _bleep(xtr, ytr, xva, yva, xte, seed, max_epochs, *, fixed=False, k=50, tau=
         w = torch.softmax(top / tau, dim=1).numpy()
     pred = (w[:, :, None] * ref_y[idx.numpy()]).sum(1)
     return pred, {"best_epoch": best_epoch, "epochs": epochs, "top_k": k, "temperature": tau}
+
+
+def _hyperst_retrieval(fit_slides, genes, fit_kw, inputs, train, val, test, cfg, slides, args):
+    """``hyperst_retrieval`` (``benchmarks/_retrieval.py``); its info also scores the decoder and retrieval alone."""
+    from _retrieval import fit_keeping_runs, retrieval_fold
+
+    from hyperst.tl._prepare import slide_gene_arrays
+
+    runs = fit_keeping_runs(fit_slides, genes, fit_kw)
+    decoder = hst.tl.predict(slides[test], runs[0], inplace=False, cache=args.cache).X
+    data = {}
+    for s in [*train, test]:
+        gs, gn, y = slide_gene_arrays(inputs[s], genes, cfg, layer=None, connectivities=inputs[s].conn)
+        x = np.concatenate([inputs[s].spot[:, 0], inputs[s].niche[:, 0]], axis=1)
+        data[s] = {"x": x, "gs": gs, "gn": gn, "y": y, "keep": gs.sum(1) > 0}
+    pred, retrieved, info = retrieval_fold(runs, data, train, val, test, decoder)
+    for name, alone in (("decoder_only", decoder), ("retrieval_only", retrieved)):  # diagnostics, chosen from nothing
+        info[name] = _metrics(slides[test], genes, np.asarray(alone), args.target)
+    return pred, info
 
 
 # --------------------------------------------------------------------------------------------------------- metrics
@@ -431,6 +453,8 @@ def main() -> None:
                     info["curvature"] = float(model.curvature)
                 if hasattr(model.module, "readout_mix"):
                     info["decoder_share"] = float(model.module.readout_mix)
+            elif method == "hyperst_retrieval":
+                pred, info = _hyperst_retrieval(fit_slides, genes, fit_kw, inputs, train, val, test, cfg, slides, args)
             elif method == "ridge":
                 pred, info = _ridge(np.concatenate([xtr, xva]), np.concatenate([ytr, yva]), xte, args.seed)
             else:  # like `tl.fit(refit=True)`: choose the epochs on the validation section, then refit on all
