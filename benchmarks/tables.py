@@ -7,7 +7,8 @@ and to the command stored in it::
     python benchmarks/tables.py benchmarks/results/accuracy_squidpy_hmhvg200_log2.json
 
 After the accuracy tables comes one summary over every accuracy file given: HyperST's PCC@50 over the best
-baseline's, the mean PCC of HyperST and its ablations, and the folds HyperST wins against that baseline.
+baseline's, the mean PCC of HyperST and its ablations, and the folds HyperST wins against that baseline;
+then the same for ``hyperst_blend`` and ``hyperst_retrieval`` beside HyperST, and ``hyperst_retrieval`` fold by fold.
 """
 
 from __future__ import annotations
@@ -110,30 +111,64 @@ def ratios(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def blend(results: dict[str, dict]) -> str:
-    """One row per accuracy file with ``hyperst_blend``: its PCC@50 ratio beside HyperST's, paired differences."""
+def _mixed(results: dict[str, dict], method: str, share: str) -> str:
+    """One row per accuracy file with ``method``: its PCC@50 ratio beside HyperST's, paired differences, ``share``."""
     lines = [
-        "| file | best baseline | PCC@50 ratio hyperst → hyperst_blend | mean PCC hyperst → hyperst_blend | "
-        "Δ PCC@50 blend − hyperst (wins) | Δ PCC@50 blend − best baseline (wins) | decoder share per fold |",
+        f"| file | best baseline | PCC@50 ratio hyperst → {method} | mean PCC hyperst → {method} | "
+        f"Δ PCC@50 {method.removeprefix('hyperst_')} − hyperst (wins) | Δ PCC@50 {method.removeprefix('hyperst_')} "
+        "− best baseline (wins) | decoder share per fold |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         summary = result["summary"]
         best = _best_baseline(summary)
-        if not {"hyperst", "hyperst_blend"} <= set(summary) or best is None:
+        if not {"hyperst", method} <= set(summary) or best is None:
             continue
         top = summary[best]["pcc_at_50"]["mean"]
-        folds = [f for f in result["folds"] if {"hyperst", "hyperst_blend", best} <= set(f["methods"])]
+        folds = [f for f in result["folds"] if {"hyperst", method, best} <= set(f["methods"])]
         cells = []
         for other in ("hyperst", best):
-            d = [f["methods"]["hyperst_blend"]["pcc_at_50"] - f["methods"][other]["pcc_at_50"] for f in folds]
+            d = [f["methods"][method]["pcc_at_50"] - f["methods"][other]["pcc_at_50"] for f in folds]
             cells.append(f"{sum(d) / len(d):+.3f} ({_wins(d)})")
-        shares = ", ".join(f"{f['methods']['hyperst_blend'].get('decoder_share', float('nan')):.2f}" for f in folds)
+        shares = ", ".join(f"{f['methods'][method].get(share, float('nan')):.2f}" for f in folds)
         lines.append(
             f"| {name} | {best} | {summary['hyperst']['pcc_at_50']['mean'] / top:.3f} → "
-            f"{summary['hyperst_blend']['pcc_at_50']['mean'] / top:.3f} | "
-            f"{summary['hyperst']['pcc_mean']['mean']:.3f} → {summary['hyperst_blend']['pcc_mean']['mean']:.3f} | "
+            f"{summary[method]['pcc_at_50']['mean'] / top:.3f} | "
+            f"{summary['hyperst']['pcc_mean']['mean']:.3f} → {summary[method]['pcc_mean']['mean']:.3f} | "
             f"{cells[0]} | {cells[1]} | {shares} |"
+        )
+    return "\n".join(lines)
+
+
+def blend(results: dict[str, dict]) -> str:
+    """One row per accuracy file with ``hyperst_blend``: its PCC@50 ratio beside HyperST's, paired differences."""
+    return _mixed(results, "hyperst_blend", "decoder_share")
+
+
+def retrieval(results: dict[str, dict]) -> str:
+    """One row per accuracy file with ``hyperst_retrieval``: as :func:`blend`, with the retrieval's decoder share."""
+    return _mixed(results, "hyperst_retrieval", "retrieval_decoder_share")
+
+
+def retrieval_folds(result: dict) -> str:
+    """``hyperst_retrieval`` fold by fold: PCC@50 beside HyperST, the blend, the best baseline; its ``w``."""
+    best = _best_baseline(result["summary"])
+    cols = ["hyperst", "hyperst_blend", "hyperst_retrieval", best]
+    lines = [
+        "| held out | validation | "
+        + " | ".join(f"PCC@50 {c}" for c in cols)
+        + " | retrieval alone | w | val MSE decoder / retrieval / mix |",
+        "|---|---|" + "---|" * (len(cols) + 3),
+    ]
+    for f in result["folds"]:
+        r = f["methods"].get("hyperst_retrieval")
+        if r is None:
+            continue
+        pcc = [f"{f['methods'][c]['pcc_at_50']:.3f}" if c in f["methods"] else "–" for c in cols]
+        val = " / ".join(f"{r[k]:.3f}" for k in ("val_mse_decoder", "val_mse_retrieval", "val_mse_blend"))
+        lines.append(
+            f"| {f['test']} | {', '.join(f['validation'])} | " + " | ".join(pcc) + " | "
+            f"{r['retrieval_only']['pcc_at_50']:.3f} | {r['retrieval_decoder_share']:.2f} | {val} |"
         )
     return "\n".join(lines)
 
@@ -217,6 +252,10 @@ def main() -> None:
     if accuracies:
         print(f"<!-- ratios -->\n{ratios(accuracies)}\n")
         print(f"<!-- blend -->\n{blend(accuracies)}\n")
+        print(f"<!-- retrieval -->\n{retrieval(accuracies)}\n")
+        for name, result in accuracies.items():
+            if "hyperst_retrieval" in result["summary"]:
+                print(f"<!-- retrieval {name} -->\n{retrieval_folds(result)}\n")
 
 
 if __name__ == "__main__":
