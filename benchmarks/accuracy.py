@@ -48,7 +48,8 @@ every spot of the held-out section. ``--encoder`` is ``squidpy`` or any torchvis
 (``resnet18``, ``mobilenet_v2``…), with ``--weights`` ``None`` (the default: random, offline), a torchvision
 weights name (``DEFAULT``, downloaded) or the path of a local state dict (its sha256 is stored in the results).
 CNN features use 1 dihedral view (8 views of a CNN on CPU are slow), squidpy's use 8 (they are
-rotation-invariant, so this costs nothing).
+rotation-invariant, so this costs nothing); ``--views N`` sets another count (the output file then ends in
+``_views<N>``), e.g. ``--encoder mobilenet_v2 --views 8`` to measure what one view costs a CNN.
 """
 
 from __future__ import annotations
@@ -342,6 +343,9 @@ def main() -> None:
     )
     parser.add_argument("--out", default=None)
     parser.add_argument("--add", action="store_true", help="add to the results in --out (same settings)")
+    parser.add_argument(
+        "--views", type=int, default=None, choices=[1, 2, 4, 8], help="dihedral views (default: 8 squidpy, 1 CNN)"
+    )
     args = parser.parse_args()
     try:
         fit_options = dict(_option(o) for o in args.fit)
@@ -350,9 +354,11 @@ def main() -> None:
     if args.genes != "hist2st" and not (args.genes.startswith("hmhvg") and args.genes[5:].isdigit()):
         parser.error("--genes must be hist2st or hmhvg<N>")
     weights = None if args.weights in (None, "None", "none") else args.weights
-    out = Path(
-        args.out or Path(__file__).with_name("results") / f"accuracy_{args.encoder}_{args.genes}_{args.target}.json"
-    )
+    default_views = 8 if args.encoder == "squidpy" else 1
+    views = default_views if args.views is None else args.views
+    suffix = "" if views == default_views else f"_views{views}"
+    name = f"accuracy_{args.encoder}_{args.genes}_{args.target}{suffix}.json"
+    out = Path(args.out or Path(__file__).with_name("results") / name)
     folds = args.folds or args.sections
     data = Path(args.data)
 
@@ -363,7 +369,6 @@ def main() -> None:
     from hyperst.tl._encoder import make_extractor
 
     hst.settings.progress_bar = False
-    views = 8 if args.encoder == "squidpy" else 1
     cfg = HyperSTConfig.build(None, views=views, target=args.target, max_epochs=args.max_epochs, random_state=args.seed)
     slides = {s: her2st_slide(s, data) for s in args.sections}
     t0 = time.perf_counter()
