@@ -232,7 +232,8 @@ class PatchReader:
         if len(idx) == 0:
             return batch
         if self.method == "squidpy":
-            resize_into(np.stack(self._crops_squidpy(boxes, level)), batch, resample)
+            for i, crop in enumerate(self._crops_squidpy(boxes, level)):  # one full-size crop held at a time
+                resize_into(np.ascontiguousarray(crop)[None], batch[i : i + 1], resample)
             return batch
         pixels = self._pixels(level)
         size = int(boxes[0, 2])  # every box of a level has the same side
