@@ -464,9 +464,13 @@ def test_a_format_1_model_file_loads_and_predicts_the_same_numbers():
     hst.tl.predict(slide, model, cache=False)
     expected = np.load(V1 / "model_v1_predictions.npz")
     table = slide.tables["table"]
-    np.testing.assert_array_equal(np.asarray(slide.tables["hyperst"].X), expected["pred"])
-    np.testing.assert_array_equal(table.obsm["X_hyperst"], expected["emb"])
-    np.testing.assert_array_equal(table.layers["hyperst_lower"], expected["lower"])  # NaN for genes not predicted
+    # the same numbers up to float32 rounding: the file's were computed with an older torch, whose CPU kernels may
+    # round a matmul differently in the last bit (with torch 2.14, 165 of 960 values differ by 1 ulp); a wrong
+    # weight, gene order or standardisation moves them by far more
+    same = {"rtol": 1e-6, "atol": 1e-6}
+    np.testing.assert_allclose(np.asarray(slide.tables["hyperst"].X), expected["pred"], **same)
+    np.testing.assert_allclose(table.obsm["X_hyperst"], expected["emb"], **same)
+    np.testing.assert_allclose(table.layers["hyperst_lower"], expected["lower"], **same)  # NaN: genes not predicted
 
 
 def test_saving_a_format_1_model_writes_the_current_format(tmp_path):
