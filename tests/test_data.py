@@ -48,6 +48,15 @@ def test_microns_per_pixel_from_visium_spot_diameter(mpp):
     np.testing.assert_allclose(layout.centres_px, centres)
 
 
+def test_layout_leaves_no_hash_table_on_the_callers_indexes():
+    sdata, _ = _visium_slide(1.0)
+    slide_layout(sdata)
+    table, shapes = sdata.tables["table"], next(iter(sdata.shapes.values()))
+    # pandas keeps an index's hash table once it is built; for a cohort that is ~32 bytes a spot per index
+    assert "_engine" not in table.obs.index._cache
+    assert "_engine" not in shapes.index._cache
+
+
 def test_microns_per_pixel_from_st_grid_and_override():
     centres = square_centres(5, 5, 290.0, origin=(400, 400))
     sdata = make_slide(_white(2000, 2000), centres, radius=72.5)  # 100 µm spots at 0.69 µm/px

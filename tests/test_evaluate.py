@@ -282,3 +282,18 @@ def test_gene_pearson_is_gene_metrics_pearson_to_the_last_bit():
     predicted = (measured + rng.standard_normal((500, 12))).astype(np.float32)
     measured[:, 3] = 1.0  # a constant gene: NaN in both
     np.testing.assert_array_equal(gene_pearson(measured, predicted), gene_metrics(measured, predicted)["pearson"])
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_gene_pearson_by_blocks_of_genes_is_the_whole_array_to_the_last_bit(monkeypatch, order):
+    from hyperst.tl import _evaluate
+    from hyperst.tl._evaluate import column_blocks, gene_metrics, gene_pearson
+
+    rng = np.random.default_rng(5)
+    measured = np.asarray(rng.poisson(2.0, (700, 13)), dtype=np.float32, order=order)
+    predicted = np.asarray(measured + rng.standard_normal((700, 13)), dtype=np.float32, order=order)
+    measured[:, 6] = 2.0
+    monkeypatch.setattr(_evaluate, "COLUMN_BLOCK_BYTES", 8 * 700 * 3)  # blocks of 3 genes, the last of 4
+    blocks = column_blocks(*measured.shape)
+    assert [b.stop - b.start for b in blocks] == [3, 3, 3, 4]
+    np.testing.assert_array_equal(gene_pearson(measured, predicted), gene_metrics(measured, predicted)["pearson"])

@@ -129,6 +129,13 @@ def test_chunk_shuffle_reads_whole_chunks_in_windows_and_changes_with_the_epoch(
     assert not np.array_equal(order, np.array(list(sampler)))
 
 
+def test_chunk_shuffle_yields_its_order_a_block_at_a_time():
+    sampler = ChunkShuffleSampler(np.repeat(np.arange(500), 41), 1000, seed=3)  # 20,500 items: three blocks
+    items = list(sampler)
+    assert all(type(i) is int for i in items[:3])
+    assert items == sampler.order().tolist()
+
+
 def test_dataset_uses_the_chunk_shuffle_only_beyond_the_budget(tmp_path, monkeypatch):
     class Slide:
         name = "a"

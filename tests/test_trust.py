@@ -157,3 +157,16 @@ def test_domain_shift_warnings_name_what_differs(model, slides, cache):
     assert len(_hyperst_warnings(record)) == 1  # once, naming every failed check
     qc = out.uns["hyperst"]["qc"]
     assert not qc["ok"] and qc["checks"]["stain_od"]["relative_difference"] > 0.25
+
+
+def test_calibration_by_blocks_of_genes_equals_one_block(monkeypatch):
+    from hyperst.tl import _evaluate
+
+    rng = np.random.default_rng(6)
+    truth = rng.poisson(3.0, (400, 9)).astype(np.float32)
+    pred = (truth + rng.standard_normal((400, 9))).astype(np.float32)
+    difficulty = rng.gamma(2.0, 1.0, 400)
+    whole = calibration(pred, truth, difficulty)
+    monkeypatch.setattr(_evaluate, "COLUMN_BLOCK_BYTES", 8 * 400 * 2)  # blocks of 2 genes, the last of 3
+    assert calibration(pred, truth, difficulty) == whole
+    assert len(whole["plain"]) == len(whole["normalised"]) == 9

@@ -53,17 +53,19 @@ class ViewDataset(Dataset):
 
     def __init__(self, parts: Parts, genes: GeneArrays, *, n_views: int, seed: int) -> None:
         self.arrays = [SlideArrays.of(genes[s.name]) for s, _ in parts]
-        self.slide = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, (_, r) in enumerate(parts)])
-        self.row = np.concatenate([np.asarray(r, dtype=np.int64) for _, r in parts])
+        # int32 positions and int8 views: a few bytes per spot of the cohort, kept for the whole fit
+        self.slide = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, (_, r) in enumerate(parts)])
+        self.row = np.concatenate([np.asarray(r, dtype=np.int32) for _, r in parts])
         self.n_views = n_views
         self.seed = seed
-        self.views = np.zeros(len(self.row), dtype=np.int64)
+        self.views = np.zeros(len(self.row), dtype=np.int8)
         self.set_epoch(0)  # the loader may fetch the first batch before the epoch-start hook runs
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the dihedral view of every spot for ``epoch``."""
         if self.n_views > 1:
-            self.views = np.random.default_rng((self.seed, epoch)).integers(0, self.n_views, len(self))
+            draw = np.random.default_rng((self.seed, epoch)).integers(0, self.n_views, len(self))
+            self.views = draw.astype(np.int8)
 
     def __len__(self) -> int:
         return len(self.row)
@@ -94,8 +96,14 @@ class ViewDataset(Dataset):
 
     @property
     def target(self) -> np.ndarray:
-        """``(N, G)`` targets of every item, read into memory (the validation spots')."""
-        return np.concatenate(list(self.blocks(lambda i: self.genes(i)[2])))
+        """``(N, G)`` targets of every item, read into memory (the validation spots'), a block at a time."""
+        out = None
+        blocks = self.blocks(lambda i: self._gather(np.asarray(i, dtype=np.int64), lambda a: a.genes[2]))
+        for a, block in zip(range(0, len(self), BLOCK_ROWS), blocks, strict=True):
+            if out is None:
+                out = np.empty((len(self), *block.shape[1:]), dtype=block.dtype)
+            out[a : a + len(block)] = block
+        return out
 
     def _items(self, first: np.ndarray, second: np.ndarray, idx: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
         genes = self.genes(idx)
@@ -150,6 +158,7 @@ class FeatureDataset(ViewDataset):
         chunk = self.row // np.array([s.chunk_len for s in spot])[self.slide]
         per_spot = max(a.row_nbytes for arrays in self.arrays for a in arrays.sources())
         window = max(1, budget // (2 * per_spot * len(self.arrays[0].sources())))
+        chunk = chunk.astype(np.int64)
         return ChunkShuffleSampler(self.slide * (int(chunk.max()) + 1) + chunk, window, seed=self.seed)
 
 
@@ -172,6 +181,8 @@ class ChunkShuffleSampler(Sampler[int]):
 
     def __init__(self, chunks: np.ndarray, window: int, *, seed: int) -> None:
         self.chunks = np.asarray(chunks)
+        if self.chunks.size and np.abs(self.chunks).max() < 2**31:  # kept for the whole fit: 4 bytes a spot
+            self.chunks = self.chunks.astype(np.int32)
         self.window = int(window)
         self.seed = seed
         self.epoch = 0
@@ -199,7 +210,9 @@ class ChunkShuffleSampler(Sampler[int]):
         return np.concatenate(out)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order().tolist())
+        order = self.order()
+        for a in range(0, len(order), 8192):  # as Python ints a block at a time, not a list of the whole cohort
+            yield from order[a : a + 8192].tolist()
 
 
 class PatchDataset(ViewDataset):

@@ -91,7 +91,7 @@ def prepare_cohort(
     for i, s in enumerate(slides):
         conn, _ = niche_graph(s.sdata, table_key=s.layout.elements.table_key, n_rings=cfg.n_rings, inplace=False)
         spot_gene, niche_gene, target = slide_gene_arrays(s, genes, cfg, layer=layer, connectivities=conn)
-        keep = np.flatnonzero(spot_gene.sum(1) > 0)
+        keep = np.flatnonzero(spot_gene.sum(1) > 0).astype(np.int32)  # kept for the whole fit: 4 bytes a spot
         if len(keep) < len(s.layout.centres_px):
             n_left_out = len(s.layout.centres_px) - len(keep)
             logger.info("Slide `%s`: %d spots without counts of the model genes are not used", s.name, n_left_out)

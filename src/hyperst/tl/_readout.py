@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..nn import HyperSTModule
     from ._training import TrainedRun
 
-__all__ = ["ALPHAS", "MIXES", "RidgeFit", "attach_readout", "ridge_gcv"]
+__all__ = ["ALPHAS", "MIXES", "RidgeFit", "blend_held_out", "blend_refit", "ridge_gcv"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,27 +112,29 @@ def _set(module: HyperSTModule, fit: RidgeFit, mix: float) -> None:
     module.set_readout(weight, bias, mix)
 
 
-def attach_readout(
-    run: TrainedRun, refit: TrainedRun | None, train_part: Parts, val_part: Parts, genes: GeneArrays
-) -> tuple[TrainedRun, TrainedRun | None]:
-    """Fit and set the ridge read-out of ``readout="blend"`` modules; other modules come back unchanged.
+def blend_held_out(
+    run: TrainedRun, train_part: Parts, val_part: Parts, genes: GeneArrays
+) -> tuple[TrainedRun, float | None]:
+    """Fit and set the ridge read-out of a ``readout="blend"`` held-out run and choose the mix on its validation.
 
-    ``run`` is the held-out run (its validation predictions become the blend's); ``refit``, if any, was
-    trained on ``train_part`` and ``val_part`` together. Without a validation slide there is nothing to choose
-    the mix on, and the decoder is used alone (logged).
+    Returns the run, its validation predictions now the blend's, and the decoder's share ``mix`` (``None``: not a
+    blend module, or no validation slide to choose it on, when the decoder is used alone, logged). Other
+    modules come back unchanged.
     """
     if run.module.config.readout != "blend":
-        return run, refit
+        return run, None
     if run.validation is None:
         logger.warning("`readout='blend'` needs a validation slide to choose the mix; using the decoder alone")
-        return run, refit
+        return run, None
     fit = ridge_gcv(_chunks(train_part, genes, run.module))
     val_ridge = _ridge_predict(fit, val_part, genes, run.module)
     mix = _choose_mix(run.validation.pred, val_ridge, run.validation.target)
     _set(run.module, fit, mix)
     blended = mix * run.validation.pred + (1 - mix) * val_ridge
     logger.info("Ridge read-out (alpha %.3g) blended with the decoder, decoder share %.2f", fit.alpha, mix)
-    run = replace(run, validation=replace(run.validation, pred=blended.astype(run.validation.pred.dtype)))
-    if refit is not None:
-        _set(refit.module, ridge_gcv(_chunks([*train_part, *val_part], genes, refit.module)), mix)
-    return run, refit
+    return replace(run, validation=replace(run.validation, pred=blended.astype(run.validation.pred.dtype))), mix
+
+
+def blend_refit(refit: TrainedRun, mix: float, parts: Parts, genes: GeneArrays) -> None:
+    """Set the refit's ridge read-out, fitted afresh on all its training spots ``parts``, with the held-out ``mix``."""
+    _set(refit.module, ridge_gcv(_chunks(parts, genes, refit.module)), mix)

@@ -22,7 +22,7 @@ from .._train import train
 from ._evaluate import gene_pearson
 from ._features import FeatureExtractor
 from ._prepare import geometry_from
-from ._readout import attach_readout
+from ._readout import blend_held_out, blend_refit
 from ._trust import _RADIUS_Q, _round, calibration, feature_distance, spot_radius, stain_od
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from ..nn import HyperSTModule, ImageEncoder
     from ._prepare import SlideInput
 
-__all__ = ["TrainedRun", "Validation", "train_and_refit", "train_run", "training_record"]
+__all__ = ["TrainedRun", "Validation", "ValidationSummary", "train_and_refit", "train_run", "training_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,18 @@ class Validation:
     target: np.ndarray
     radius: np.ndarray | None
 
+    def summary(self) -> ValidationSummary:
+        """Return what the model keeps of the validation: per-gene PCC and the calibration."""
+        return ValidationSummary(gene_pearson(self.target, self.pred), calibration(self.pred, self.target, self.radius))
+
+
+@dataclass(frozen=True)
+class ValidationSummary:
+    """``(G,)`` validation PCC per gene and the calibration; the validation arrays are dropped before the refit."""
+
+    pcc: np.ndarray
+    calibration: dict[str, Any]
+
 
 @dataclass(frozen=True)
 class TrainedRun:
@@ -55,7 +67,7 @@ class TrainedRun:
     module: HyperSTModule
     history: list[dict[str, float]]
     best_epoch: int
-    validation: Validation | None
+    validation: Validation | ValidationSummary | None
 
 
 def _encoded(encoder: ImageEncoder, dataset: PatchDataset, *, batch_size: int, device: str) -> Iterator[tuple]:
@@ -126,13 +138,17 @@ def _validate(module: HyperSTModule, val: ViewDataset, encoder: ImageEncoder | N
     import torch
 
     blocks = val.blocks(val.features) if encoder is None else _encoded(encoder, val, **encode)
-    preds, radii = [], []
+    pred, radii, a = None, [], 0
     for spot, niche in blocks:
         with torch.inference_mode():
-            preds.append(module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy())
+            block = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
+        if pred is None:  # filled in place: the blocks and their concatenation are never held together
+            pred = np.empty((len(val), block.shape[1]), dtype=block.dtype)
+        pred[a : a + len(block)] = block
+        a += len(block)
         radii.append(spot_radius(module, spot, niche))
     radius = None if radii[0] is None else np.concatenate(radii)
-    return Validation(np.concatenate(preds), val.target, radius)
+    return Validation(pred, val.target, radius)
 
 
 def train_run(
@@ -198,9 +214,11 @@ def train_and_refit(
             logger.warning("`readout='blend'` needs cached features; with `finetune='lora'` the decoder is used alone")
         if cfg.refit and run.validation is not None:
             logger.info("`refit` is ignored with `finetune='lora'`: the weights of the best validation epoch are kept")
-        return run, None
+        return _summarised(run), None
+    run, mix = blend_held_out(run, train_part, val_part, genes)
+    run = _summarised(run)  # the refit trains without the validation arrays in memory
     if not cfg.refit or run.validation is None:
-        return attach_readout(run, None, train_part, val_part, genes)
+        return run, None
     n_epochs = run.best_epoch + 1
     logger.info("Refitting on all training slides for %d epochs (`refit=True`)", n_epochs)
     refit = train_run(
@@ -211,7 +229,15 @@ def train_and_refit(
         trainer_settings.in_folder("refit"),
         keep_last=True,
     )
-    return attach_readout(run, refit, train_part, val_part, genes)
+    if mix is not None:
+        blend_refit(refit, mix, [*train_part, *val_part], genes)
+    return run, refit
+
+
+def _summarised(run: TrainedRun) -> TrainedRun:
+    if not isinstance(run.validation, Validation):
+        return run
+    return replace(run, validation=run.validation.summary())
 
 
 def _reference_qc(module: HyperSTModule, slides: list[SlideInput], data: FeatureDataset) -> dict[str, Any]:
@@ -243,8 +269,8 @@ def training_record(
     train_part, val_part = parts
     module = (refit or run).module
     geometry = geometry_from(cfg)
-    val = run.validation
-    val_pcc = None if val is None else gene_pearson(val.target, val.pred)
+    val = run.validation.summary() if isinstance(run.validation, Validation) else run.validation
+    val_pcc = None if val is None else val.pcc
     if arrays is not None:
         every = FeatureDataset([*train_part, *val_part], arrays, augment=False, seed=cfg.random_state)
         qc = _reference_qc(module, slides, every)
@@ -268,6 +294,6 @@ def training_record(
         refit_history=None if refit is None else refit.history,
         val_pcc=None if val_pcc is None else tuple(None if np.isnan(v) else float(v) for v in val_pcc),
         val_mean_pcc=None if val_pcc is None else float(np.nanmean(val_pcc)),
-        calibration=None if val is None else calibration(val.pred, val.target, val.radius),
+        calibration=None if val is None else val.calibration,
         qc=qc,
     )

@@ -93,12 +93,20 @@ def calibration(pred: np.ndarray, target: np.ndarray, difficulty: np.ndarray | N
     ``n`` (validation spots), ``plain`` (``G`` lists of quantiles at :data:`CALIBRATION_LEVELS`) and, with a
     difficulty, ``normalised`` and ``difficulty_median``.
     """
-    resid = np.abs(np.asarray(target, dtype=np.float64) - np.asarray(pred, dtype=np.float64))
-    out: dict[str, Any] = {"n": int(len(resid)), "plain": _round(np.quantile(resid, CALIBRATION_LEVELS, axis=0).T)}
-    if difficulty is not None and len(difficulty) and np.median(difficulty) > 0:
-        med = float(np.median(difficulty))
-        scaled = resid / np.clip(difficulty / med, *_DIFFICULTY_CLIP)[:, None]
-        out["normalised"] = _round(np.quantile(scaled, CALIBRATION_LEVELS, axis=0).T)
+    from ._evaluate import column_blocks
+
+    n, n_genes = np.shape(pred)
+    med = float(np.median(difficulty)) if difficulty is not None and len(difficulty) else 0.0
+    relative = np.clip(difficulty / med, *_DIFFICULTY_CLIP)[:, None] if difficulty is not None and med > 0 else None
+    plain, normalised = np.empty((n_genes, len(CALIBRATION_LEVELS))), np.empty((n_genes, len(CALIBRATION_LEVELS)))
+    for cols in column_blocks(n, n_genes):  # per gene, so by blocks of genes: one block's float64 residuals
+        resid = np.abs(np.asarray(target[:, cols], dtype=np.float64) - np.asarray(pred[:, cols], dtype=np.float64))
+        plain[cols] = np.quantile(resid, CALIBRATION_LEVELS, axis=0).T
+        if relative is not None:
+            normalised[cols] = np.quantile(resid / relative, CALIBRATION_LEVELS, axis=0).T
+    out: dict[str, Any] = {"n": int(n), "plain": _round(plain)}
+    if relative is not None:
+        out["normalised"] = _round(normalised)
         out["difficulty"] = "radius"
         out["difficulty_median"] = med
     return out
