@@ -100,3 +100,30 @@ def test_mix_is_the_grid_point_of_lowest_validation_error():
     assert errors[mix] == min(errors.values())
     assert 0.0 < mix < 0.5  # the less noisy ridge gets the larger share
     assert _choose_mix(target, ridge, target) == 1.0  # a perfect decoder is kept alone
+
+
+def test_the_refit_trains_without_the_validation_arrays(slides, cache, monkeypatch):
+    import gc
+    import weakref
+
+    from hyperst.tl import _training
+
+    held, seen = [], []
+    validate, train_run = _training._validate, _training.train_run
+
+    def keeping(*args, **kwargs):
+        out = validate(*args, **kwargs)
+        held.extend(weakref.ref(a) for a in (out.pred, out.target))
+        return out
+
+    def watching(train_part, val_part, *args, **kwargs):
+        if not val_part:  # the refit: what the held-out run validated on is summarised and gone
+            gc.collect()
+            seen.append([r() is None for r in held])
+        return train_run(train_part, val_part, *args, **kwargs)
+
+    monkeypatch.setattr(_training, "_validate", keeping)
+    monkeypatch.setattr(_training, "train_run", watching)
+    model = hst.tl.fit(slides[:2], cache=cache, readout="blend", **FIT)
+    assert seen == [[True, True]]
+    assert model.training.calibration["n"] > 0 and model.training.val_mean_pcc is not None
