@@ -11,7 +11,7 @@ disk through the bounded chunk cache of :mod:`hyperst._data._store`), a whole ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from .._settings import settings
 from ._patches import PatchGeometry, PatchReader, dihedral
 from ._store import SlideArrays, take
 
-__all__ = ["ChunkShuffleSampler", "FeatureDataset", "PatchDataset", "ViewDataset"]
+__all__ = ["ChunkShuffleSampler", "FeatureDataset", "PatchDataset", "ViewDataset", "stacked"]
 
 #: ``(slide, rows)`` pairs: a slide (``.name``, ``.sdata``, ``.layout``) and the table row positions of its
 #: spots that are used.
@@ -34,6 +34,23 @@ GeneArrays = Mapping[str, SlideArrays | tuple[np.ndarray, np.ndarray, np.ndarray
 #: Rows per block when statistics or predictions stream over a dataset (a multiple of 1024, the batch of
 #: :func:`hyperst.tl._trust.spot_radius`, so blocks split the rows where one pass over all of them would).
 BLOCK_ROWS = 8192
+
+
+def stacked(blocks: Iterable[np.ndarray], n_rows: int) -> np.ndarray:
+    """Consecutive ``(n_i, ...)`` blocks, ``n_rows`` rows in all, written into one array as they come.
+
+    Unlike concatenating a list, the blocks and the whole are never all held at once.
+    """
+    out, a = None, 0
+    for block in blocks:
+        if out is None:
+            out = np.empty((n_rows, *block.shape[1:]), dtype=block.dtype)
+        out[a : a + len(block)] = block
+        a += len(block)
+    if out is None or a != n_rows:
+        msg = f"The blocks hold {a} rows, not the {n_rows} they were said to."
+        raise ValueError(msg)
+    return out
 
 
 class ViewDataset(Dataset):
@@ -97,13 +114,9 @@ class ViewDataset(Dataset):
     @property
     def target(self) -> np.ndarray:
         """``(N, G)`` targets of every item, read into memory (the validation spots'), a block at a time."""
-        out = None
-        blocks = self.blocks(lambda i: self._gather(np.asarray(i, dtype=np.int64), lambda a: a.genes[2]))
-        for a, block in zip(range(0, len(self), BLOCK_ROWS), blocks, strict=True):
-            if out is None:
-                out = np.empty((len(self), *block.shape[1:]), dtype=block.dtype)
-            out[a : a + len(block)] = block
-        return out
+        return stacked(
+            self.blocks(lambda i: self._gather(np.asarray(i, dtype=np.int64), lambda a: a.genes[2])), len(self)
+        )
 
     def _items(self, first: np.ndarray, second: np.ndarray, idx: np.ndarray) -> list[tuple[torch.Tensor, ...]]:
         genes = self.genes(idx)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._data._dataset import FeatureDataset, PatchDataset, ViewDataset
+from .._data._dataset import FeatureDataset, PatchDataset, ViewDataset, stacked
 from .._data._store import RunningMoments, column_mean_std
 from .._records import EncoderRecord, TrainingRecord
 from .._settings import settings
@@ -138,15 +138,16 @@ def _validate(module: HyperSTModule, val: ViewDataset, encoder: ImageEncoder | N
     import torch
 
     blocks = val.blocks(val.features) if encoder is None else _encoded(encoder, val, **encode)
-    pred, radii, a = None, [], 0
-    for spot, niche in blocks:
-        with torch.inference_mode():
-            block = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
-        if pred is None:  # filled in place: the blocks and their concatenation are never held together
-            pred = np.empty((len(val), block.shape[1]), dtype=block.dtype)
-        pred[a : a + len(block)] = block
-        a += len(block)
-        radii.append(spot_radius(module, spot, niche))
+    radii = []
+
+    def predicted() -> Iterator[np.ndarray]:
+        for spot, niche in blocks:
+            radii.append(spot_radius(module, spot, niche))
+            with torch.inference_mode():
+                block = module.predict(torch.from_numpy(spot), torch.from_numpy(niche)).numpy()
+            yield block
+
+    pred = stacked(predicted(), len(val))
     radius = None if radii[0] is None else np.concatenate(radii)
     return Validation(pred, val.target, radius)
 
@@ -269,7 +270,7 @@ def training_record(
     train_part, val_part = parts
     module = (refit or run).module
     geometry = geometry_from(cfg)
-    val = run.validation.summary() if isinstance(run.validation, Validation) else run.validation
+    val = _summarised(run).validation
     val_pcc = None if val is None else val.pcc
     if arrays is not None:
         every = FeatureDataset([*train_part, *val_part], arrays, augment=False, seed=cfg.random_state)
